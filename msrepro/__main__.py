@@ -1,0 +1,5 @@
+import sys
+
+from msrepro.cli import main
+
+sys.exit(main())

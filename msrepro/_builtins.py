@@ -1,0 +1,8 @@
+"""The explicit import manifest of msrepro's built-in registry entries.
+
+Importing a module here registers what it defines; nothing is registered by accident elsewhere. The built-in
+backbones are not listed: they register through entry points (``pyproject.toml``), exactly as an outside
+plugin does.
+"""
+
+import msrepro.schedules  # noqa: F401  schedules: vp_linear, edm, ddpm_discrete

@@ -1,0 +1,67 @@
+"""The backbone adapter: what a network family must provide to get every variant, sampler and test for free.
+
+Subclass :class:`Backbone`, implement :meth:`build_encoder` and :meth:`build_decoder` (and, if the network's
+time input is not the schedule's time, :meth:`time_input`), give it ``presets``, and register an instance::
+
+    from msrepro.registry import BACKBONES
+
+    @BACKBONES.register("my_unet")
+    class MyUNet(Backbone): ...
+
+The shared-encoder/decoder routing, the preconditioning and the four variants live in msrepro once
+(:mod:`msrepro.multidecoder`, :mod:`msrepro.precond`, :mod:`msrepro.models`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from msrepro.boundaries import StageBoundaries
+from msrepro.precond import EDMPrecond, EpsPrecond, Preconditioning
+from msrepro.schedules import NoiseSchedule
+
+
+class Backbone:
+    """A network family with its schedule, preconditioning and presets (one hook per concern)."""
+
+    #: dataclass of ``model.params`` (backbone-specific network options), or None
+    Config: ClassVar[type | None] = None
+    #: preset name -> run-config overrides (nested dict); ``full`` is the paper's setting
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: registered sampler used when a preset names none
+    default_sampler: ClassVar[str] = "dpm_solver"
+    #: "eps" (EpsPrecond) or "edm" (EDMPrecond)
+    parameterization: ClassVar[str] = "eps"
+
+    # -- network hooks ----------------------------------------------------------------------------------
+    def build_encoder(self, params: DictConfig, channels: int, in_channels: int, resolution: int) -> nn.Module:
+        """Encoder of base width ``channels``: ``forward(x, c_noise, **cond) -> EncoderOutput``."""
+        raise NotImplementedError
+
+    def build_decoder(self, params: DictConfig, encoder_channels: int, channels: int, out_channels: int,
+                      resolution: int, stage: int) -> nn.Module:
+        """Decoder of base width ``channels`` consuming an encoder of width ``encoder_channels``."""
+        raise NotImplementedError
+
+    # -- conventions -------------------------------------------------------------------------------------
+    def time_input(self, t: torch.Tensor) -> torch.Tensor:
+        """Map the schedule's time t to the network's noise input (identity unless overridden)."""
+        return t
+
+    def make_precond(self, net: nn.Module, schedule: NoiseSchedule, boundaries: StageBoundaries | None,
+                     routing: str, params: DictConfig) -> Preconditioning:
+        if self.parameterization == "edm":
+            return EDMPrecond(net, schedule, boundaries, routing, sigma_data=getattr(schedule, "sigma_data", 0.5))
+        if self.parameterization == "eps":
+            return EpsPrecond(net, schedule, boundaries, routing, time_input=self.time_input)
+        raise ValueError(f"unknown parameterization '{self.parameterization}'; valid: eps, edm")
+
+    def validate(self, cfg: DictConfig) -> None:
+        """Backbone-specific consistency checks on a resolved run config (raise ConfigError)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

@@ -1,0 +1,61 @@
+"""``msrepro`` command line: one module per subcommand, listed explicitly in COMMANDS."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+# Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
+COMMANDS: tuple[str, ...] = (
+    "msrepro.cli.list_cmd",
+    "msrepro.cli.config_cmd",
+)
+
+
+class UserError(Exception):
+    """Bad input: printed as one clear message, exit status 2, no traceback."""
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+    parser = argparse.ArgumentParser(
+        prog="msrepro",
+        description="Reproduce the multi-stage diffusion paper (Zhang, Lu et al., CVPR 2024) at any scale.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    modules = {}
+    for path in COMMANDS:
+        mod = importlib.import_module(path)
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        modules[mod.NAME] = mod
+    return parser, modules
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from omegaconf.errors import OmegaConfBaseException
+
+    from msrepro.config import ConfigError
+    from msrepro.registry import RegistryError
+
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except (UserError, ConfigError, RegistryError, FileNotFoundError) as exc:
+        print(f"msrepro {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OmegaConfBaseException as exc:
+        print(f"msrepro {args.command}: config error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Packaging: every sub-package is listed in pyproject.toml, and nothing importable sits outside msrepro."""
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MAPPING = {"msrepro": "msrepro", "msrepro.backbones": "backbones", "msrepro.registry": "registry"}
+
+
+def test_every_package_is_listed():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = set()
+    for pkg, folder in MAPPING.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            found.add(".".join([pkg, *rel.parts]))
+    missing = found - listed
+    assert not missing, f"add these to [tool.setuptools] packages in pyproject.toml: {sorted(missing)}"
+    assert not listed - found, f"listed but missing on disk: {sorted(listed - found)}"
+
+
+def test_no_top_level_packages_named_like_our_folders(tmp_path):
+    """The install exposes msrepro.registry / msrepro.backbones, never top-level registry / backbones / slurm."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.util, msrepro.registry, msrepro.backbones;"
+            "print([n for n in ('registry', 'backbones', 'slurm') if importlib.util.find_spec(n)])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
