@@ -6,3 +6,4 @@ plugin does.
 """
 
 import msrepro.schedules  # noqa: F401  schedules: vp_linear, edm, ddpm_discrete
+import msrepro.datasets.digits  # noqa: F401  datasets: digits

@@ -30,6 +30,7 @@ class DatasetConfig:
     name: str = "digits"              # registered dataset: digits, cifar10, image_folder, image_zip, ...
     root: Optional[str] = None        # file or folder the loader reads (not used by digits)
     resolution: int = 16              # output side length in pixels
+    split: str = "train"              # train, test or all (datasets without a test split define their own)
     hflip: bool = False               # random horizontal flips when training
     zero_one: bool = False            # yield [0, 1] instead of [-1, 1]
     limit: Optional[int] = None       # use only the first N items
