@@ -12,6 +12,7 @@ from typing import Sequence
 COMMANDS: tuple[str, ...] = (
     "msrepro.cli.list_cmd",
     "msrepro.cli.config_cmd",
+    "msrepro.cli.prefetch_cmd",
 )
 
 
