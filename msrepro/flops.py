@@ -21,7 +21,7 @@ weights and take about a second on a CPU.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from msrepro.boundaries import StageBoundaries
+from msrepro.multidecoder import MultiStageNet
 from msrepro.schedules import NoiseSchedule
 
 
@@ -52,30 +53,42 @@ def _layer_macs(module: nn.Module, out: torch.Tensor) -> int:
     return 0
 
 
-def stage_cost(encoder: nn.Module, decoder: nn.Module, channels: int, resolution: int,
-               skip_tags: Sequence[str] = (), **cond: Any) -> StageCost:
-    """Count one stage with a single forward pass of one sample (on the modules' device; ``meta`` works)."""
+def forward_cost(module: nn.Module, *args: Any, skip_tags: Sequence[str] = ()) -> tuple[Any, StageCost]:
+    """Run ``module(*args)`` once and count it: (output, cost). Works on the ``meta`` device."""
     counts = {"macs": 0, "macs_all": 0}
 
-    def hook(module: nn.Module, _inputs: Any, out: torch.Tensor) -> None:
-        macs = _layer_macs(module, out)
+    def hook(layer: nn.Module, _inputs: Any, out: torch.Tensor) -> None:
+        macs = _layer_macs(layer, out)
         counts["macs_all"] += macs
-        if getattr(module, "flops_tag", None) not in skip_tags:
+        if getattr(layer, "flops_tag", None) not in skip_tags:
             counts["macs"] += macs
 
-    modules = [m for part in (encoder, decoder) for m in part.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    handles = [m.register_forward_hook(hook) for m in modules]
-    device = next(encoder.parameters()).device
-    x = torch.zeros(1, channels, resolution, resolution, device=device)
-    c_noise = torch.zeros(1, device=device)
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            decoder(encoder(x, c_noise, **cond))
+            out = module(*args)
     finally:
         for h in handles:
             h.remove()
-    params = {id(p): p.numel() for part in (encoder, decoder) for p in part.parameters()}
-    return StageCost(sum(params.values()), counts["macs"], counts["macs_all"], int(counter.get_total_flops()))
+    params = sum(p.numel() for p in module.parameters())
+    return out, StageCost(params, counts["macs"], counts["macs_all"], int(counter.get_total_flops()))
+
+
+def stage_costs(net: MultiStageNet, channels: int, resolution: int, skip_tags: Sequence[str] = ()) -> list[StageCost]:
+    """Per-sample cost of each stage: its encoder (counted once when shared) plus its decoder."""
+    device = next(net.parameters()).device
+    x = torch.zeros(1, channels, resolution, resolution, device=device)
+    c_noise = torch.zeros(1, device=device)
+    encoded: dict[int, tuple[Any, StageCost]] = {}
+    costs = []
+    for k in range(net.num_stages):
+        encoder = net.encoder_for(k)
+        if id(encoder) not in encoded:
+            encoded[id(encoder)] = forward_cost(encoder, x, c_noise, skip_tags=skip_tags)
+        feats, enc = encoded[id(encoder)]
+        _, dec = forward_cost(net.decoders[k], feats, skip_tags=skip_tags)
+        costs.append(StageCost(*(a + b for a, b in zip(astuple(enc), astuple(dec)))))
+    return costs
 
 
 # -- NFE split of the default samplers ------------------------------------------------------------------------------
@@ -170,8 +183,7 @@ def accounting(cfg: DictConfig, channels: int | None = None) -> dict[str, Any]:
     with torch.device("meta"):
         net = build_net(cfg, channels=channels)
     skip = tuple(backbone.gmacs_skip_tags)
-    costs = [stage_cost(net.encoder_for(k), net.decoders[k], channels, resolution, skip)
-             for k in range(net.num_stages)]
+    costs = stage_costs(net, channels, resolution, skip)
     lengths = boundaries.fraction_lengths() if boundaries is not None else [1.0]
     nfe = nfe_split(cfg.sample.sampler, cfg.sample.params, schedule, boundaries)
     gmacs = [c.macs / 1e9 for c in costs]

@@ -38,8 +38,9 @@ class DPMSolverBackbone(DDPMppBackbone):
 
     def validate(self, cfg: DictConfig) -> None:
         super().validate(cfg)
-        from msrepro.models import resolve_schedule
+        from msrepro.registry import SCHEDULES
 
-        if not resolve_schedule(cfg).variance_preserving:
+        name = cfg.schedule.get("name")
+        if name not in SCHEDULES or not SCHEDULES.get(name).variance_preserving:
             raise ConfigError(f"schedule.name: backbone 'dpm_solver' predicts epsilon on a variance-preserving "
-                              f"schedule (vp_linear); got '{cfg.schedule.name}'")
+                              f"schedule (vp_linear); got '{name}'")
