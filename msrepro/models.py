@@ -98,7 +98,10 @@ def build_net(cfg: DictConfig, channels: int | None = None) -> MultiStageNet:
     model for counting without allocating it (:mod:`msrepro.flops`). ``channels`` overrides the dataset's.
     """
     backbone = get_backbone(cfg.model.backbone)
-    params = check_params(backbone, cfg.model.params, "model.params")
+    return _build_net(cfg, backbone, check_params(backbone, cfg.model.params, "model.params"), channels)
+
+
+def _build_net(cfg: DictConfig, backbone: Backbone, params: DictConfig, channels: int | None) -> MultiStageNet:
     if channels is None:
         channels, resolution = data_shape(cfg)
     else:
@@ -110,11 +113,11 @@ def build_net(cfg: DictConfig, channels: int | None = None) -> MultiStageNet:
     return MultiStageNet(encoders, decoders)
 
 
-def build_denoiser(cfg: DictConfig) -> Preconditioning:
-    """The full model of a run config: a Preconditioning around a MultiStageNet."""
+def build_denoiser(cfg: DictConfig, channels: int | None = None) -> Preconditioning:
+    """The full model of a run config: a Preconditioning around a MultiStageNet (``channels`` as in build_net)."""
     backbone = get_backbone(cfg.model.backbone)
     params = check_params(backbone, cfg.model.params, "model.params")
     schedule = resolve_schedule(cfg)
     boundaries = resolve_boundaries(cfg, schedule)
-    net = build_net(cfg)
+    net = _build_net(cfg, backbone, params, channels)
     return backbone.make_precond(net, schedule, boundaries, cfg.model.routing, params)

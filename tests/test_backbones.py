@@ -95,23 +95,25 @@ def test_every_backbone_variant_and_routing(backbone, variant, routing):
 
     # determinism under a seed (dropout on), including the build
     twin = build(cfg).train()
+    xs = x0 + sigma[:, None, None, None] * noise
     torch.manual_seed(7)
-    a = model(x0 + sigma[:, None, None, None] * noise, sigma)
+    a = model(xs, sigma)
     torch.manual_seed(7)
-    b = twin(x0 + sigma[:, None, None, None] * noise, sigma)
+    b = twin(xs, sigma)
     assert torch.equal(a, b) and torch.isfinite(a).all() and a.shape == x0.shape
 
-    # state-dict round trip, loaded with weights_only=True into a differently seeded model
+    # state-dict round trip, loaded with weights_only=True into a model with other weights
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     buf.seek(0)
-    other = build(cfg, seed=1).eval()
-    xs = x0 + sigma[:, None, None, None] * noise
+    twin.eval()
     with torch.no_grad():
-        before = other(xs, sigma)
-        other.load_state_dict(torch.load(buf, weights_only=True))
-        assert torch.equal(other(xs, sigma), model.eval()(xs, sigma))
-        assert not torch.equal(before, other(xs, sigma))
+        for p in twin.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        before = twin(xs, sigma)
+        twin.load_state_dict(torch.load(buf, weights_only=True))
+        assert torch.equal(twin(xs, sigma), model.eval()(xs, sigma))
+        assert not torch.equal(before, twin(xs, sigma))
 
 
 def test_builtin_backbones_register_through_entry_points():
@@ -126,15 +128,20 @@ def test_builtin_backbones_register_through_entry_points():
 
 def test_dpm_solver_time_input_is_score_sde_continuous_label():
     """score_sde VP continuous: the network sees labels = 999 t, and x_t = s(t) x (EpsPrecond c_in)."""
-    model = build_denoiser(make_config("dpm_solver", "multistage"))
+    from msrepro.models import resolve_boundaries, resolve_schedule
+
+    cfg = make_config("dpm_solver", "multistage")
+    schedule = resolve_schedule(cfg)
+    adapter = get_backbone("dpm_solver")
+    model = adapter.make_precond(torch.nn.Identity(), schedule, resolve_boundaries(cfg, schedule), "per_sample",
+                                 cfg.model.params)
     t = torch.tensor([1e-5, 0.25, 0.4420, 0.9, 1.0], dtype=torch.float64)
-    sigma = model.schedule.sigma(t)
-    c_skip, c_out, c_in, c_noise = model.get_scalings(sigma)
+    c_skip, c_out, c_in, c_noise = model.get_scalings(schedule.sigma(t))
     torch.testing.assert_close(c_noise.double(), 999 * t, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(c_in.double(), model.schedule.s(t), rtol=1e-6, atol=0)
-    assert get_backbone("dpm_solver").time_input(torch.tensor(0.5)) == pytest.approx(499.5)
-    assert get_backbone("dpm_solver").parameterization == "eps" and get_backbone("edm").parameterization == "edm"
-    assert model.stage_of(model.schedule.sigma(torch.tensor([0.4419, 0.4420, 0.6308, 1.0]))).tolist() == [0, 1, 2, 2]
+    torch.testing.assert_close(c_in.double(), schedule.s(t), rtol=1e-6, atol=0)
+    assert adapter.time_input(torch.tensor(0.5)) == pytest.approx(499.5)
+    assert adapter.parameterization == "eps" and get_backbone("edm").parameterization == "edm"
+    assert model.stage_of(schedule.sigma(torch.tensor([0.4419, 0.4420, 0.6308, 1.0]))).tolist() == [0, 1, 2, 2]
 
 
 def test_full_presets_carry_the_paper_settings():

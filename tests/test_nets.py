@@ -187,3 +187,14 @@ def test_per_sample_routing_with_default_kernels_is_within_last_bits():
         alone = torch.cat([net.forward_stage(x[i:i + 1], c_noise[i:i + 1], int(stage[i])) for i in range(7)])
     scale = alone.abs().max()
     torch.testing.assert_close(routed, alone, rtol=0, atol=float(1e-5 * scale))
+
+
+def test_edm_augmentation_labels_enter_the_embedding():
+    p = tiny_params(augment_dim=9)
+    enc = DDPMppEncoder(p, 16, 1, 16)
+    c_noise = torch.tensor([0.1, -0.3])
+    labels = torch.randn(2, 9)
+    base = positional_embedding(c_noise, 16)
+    expect = F.silu(enc.map_layer1(F.silu(enc.map_layer0(base + labels @ enc.map_augment.weight.T))))
+    torch.testing.assert_close(enc.embed(c_noise, labels), expect)
+    assert not torch.allclose(enc.embed(c_noise, labels), enc.embed(c_noise))

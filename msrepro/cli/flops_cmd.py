@@ -1,4 +1,4 @@
-"""``msrepro flops BACKBONE [--variant V] [--preset P] [--json] [CONFIG.yaml ...] [key=value ...]``."""
+"""``msrepro flops BACKBONE [CONFIG.yaml ...] [key=value ...] [--variant V] [--preset P] [--channels C] [--json]``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", type=int, default=None,
                    help="input channels (default: the dataset's; e.g. 3 to count CIFAR-10 models offline)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("items", nargs="*", help="YAML files and key=value overrides, in order")
+    p.add_argument("items", nargs="*", help="YAML files and key=value overrides, in order (right after BACKBONE)")
 
 
 def run(args: argparse.Namespace) -> int:
