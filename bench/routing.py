@@ -29,7 +29,7 @@ from msrepro.io import atomic_write_text
 from msrepro.losses import denoising_loss
 from msrepro.models import build_denoiser
 
-BATCH = {"tiny": 32, "smoke": 32, "full": 6}
+BATCH = {"tiny": 32, "smoke": 32, "full": 12}
 STEPS = {"tiny": 6, "smoke": 6, "full": 2}
 CHANNELS = {"full": 3}  # CIFAR-10 shape without needing the dataset on disk
 
@@ -101,12 +101,15 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=["tiny", "full"])
     ap.add_argument("--backbones", nargs="+", default=["dpm_solver", "edm"])
     ap.add_argument("--steps", type=int, default=None, help="timed steps per model (default: 6 tiny, 2 full)")
+    ap.add_argument("--batch", nargs="+", type=int, default=None,
+                    help="batch size per preset, in --presets order (default: 32 tiny, 12 full)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: robust on a shared machine)")
     ap.add_argument("--out", default=None, help="also write the report to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    rows = [bench(b, p, BATCH[p], args.steps or STEPS[p]) for p in args.presets for b in args.backbones]
+    batches = dict(zip(args.presets, args.batch)) if args.batch else BATCH
+    rows = [bench(b, p, batches[p], args.steps or STEPS[p]) for p in args.presets for b in args.backbones]
     load_after = os.getloadavg()
     table = tabulate([[r["backbone"], r["preset"], r["batch"], "/".join(map(str, r["counts"])),
                        f"{r['t_unified']:.3f}", f"{r['t_multistage']:.3f}", f"{r['time_ratio']:.3f}",
