@@ -7,3 +7,4 @@ plugin does.
 
 import msrepro.schedules  # noqa: F401  schedules: vp_linear, edm, ddpm_discrete
 import msrepro.datasets.digits  # noqa: F401  datasets: digits
+import msrepro.samplers  # noqa: F401  samplers: dpm_solver, dpm_solver_pp, heun, ddim, euler
