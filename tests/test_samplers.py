@@ -241,3 +241,17 @@ def test_staged_denoiser_wraps_any_denoiser():
     assert d.num_stages == 3
     assert d.stage_of(torch.tensor([float(VP.sigma(0.1)), float(VP.sigma(0.5)), float(VP.sigma(0.9))])).tolist() \
         == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name", SAMPLERS.list())
+def test_every_registered_sampler_keeps_the_contract(name):
+    """Any registered sampler, default options: shape and dtype kept, finite output, NFE bookkeeping consistent,
+    one callback per step with the documented keys, stages counted."""
+    steps = []
+    noise = torch.randn(2, 1, 4, 4)
+    staged = StagedDenoiser(lambda x, s: x / (1 + s.reshape(-1, 1, 1, 1) ** 2), StageBoundaries((0.4420, 0.6308), VP))
+    x, info = build_sampler(name)(staged, noise, VP, callback=steps.append)
+    assert x.shape == noise.shape and x.dtype == noise.dtype and torch.isfinite(x).all()
+    assert info["nfe"] == len(info["sigmas"]) == sum(info["nfe_per_stage"]) and len(info["nfe_per_stage"]) == 3
+    assert steps and {"i", "sigma", "sigma_next", "x", "denoised", "stage", "nfe"} <= set(steps[0])
+    assert [s["i"] for s in steps] == list(range(len(steps)))

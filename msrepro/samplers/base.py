@@ -7,7 +7,9 @@
 ``num_stages``) gets its NFE counted per stage; any other counts as one stage.
 
 **Call.** ``sampler(denoiser, noise, schedule, callback=None, generator=None) -> (x0, info)``: ``noise`` is N(0, I)
-of the sample shape, the initial state is ``sigma(t_start) * noise``; ``info = {"nfe", "nfe_per_stage", "sigmas"}``
+of the sample shape, the initial state is ``sigma(t_start) * noise`` (EDM's start; DPM-Solver's code starts from
+x_T ~ N(0, I), i.e. ``sqrt(1 + sigma^2) * noise`` on this variable, a relative difference of 1 / (2 sigma^2) = 2e-5
+at VP t = 1); ``info = {"nfe", "nfe_per_stage", "sigmas"}``
 (``sigmas``: where D was evaluated, in order). ``callback`` gets one dict per step, like k-diffusion's:
 ``{"i", "sigma", "sigma_next", "x", "denoised", "stage", "nfe"}`` with ``x`` the state at ``sigma`` (the step's
 start), ``denoised`` = D there, ``stage`` the decoder that served it, ``nfe`` the evaluations so far.
@@ -116,7 +118,8 @@ class Sampler:
                  callback: Optional[Callback] = None, generator: Optional[NoiseSource] = None
                  ) -> tuple[torch.Tensor, dict]:
         ev = Evaluator(denoiser)
-        x = self.sample(ev, noise, schedule, callback, generator)
+        with torch.no_grad():
+            x = self.sample(ev, noise, schedule, callback, generator)
         return x, ev.info()
 
     def __repr__(self) -> str:
