@@ -1,7 +1,8 @@
 """Table 4's data-free baselines, as the official code does them (SPEC §3): ``timestep`` and ``snr``.
 
 Both split the grid t_i = (i + 1) / n (n = 1000; time fractions, i.e. VP time) into k contiguous clusters with the
-size-limited DP of :mod:`msrepro.clustering.dp`, minimising sum |v(t) - v(t_centre)| with v = t (timestep) or
+size-limited DP of :mod:`msrepro.clustering.dp`, minimising sum |v(t) - v(t_centre)| with v = the time fraction
+(timestep; t itself on VP) or
 v = log-SNR (snr; equal to the official |2 (lambda(c) - lambda(t))| with lambda DPM-Solver's half log-SNR). The
 cut points are the grid values where clusters start: 0.334 / 0.667 and 0.348 / 0.709 for k = 3 on vp_linear.
 """
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from msrepro.clustering.base import Clusterer, fraction_grid, strided_matrix
-from msrepro.clustering.dp import Partition, median_abs_cost, partition, size_limits
+from msrepro.clustering.dp import Partition, grid_limits, median_abs_cost, partition
 from msrepro.clustering.inputs import ClusterInputs
 from msrepro.clustering.result import ClusterResult
 from msrepro.config import ConfigError
@@ -46,7 +47,7 @@ class _MedianDeviation(Clusterer):
         n = int(self.params.grid)
         t = fraction_grid(schedule, (np.arange(n) + 1) / n)
         v = self.values(schedule, t)
-        lo, hi = size_limits(n, k) if self.params.size_limits else (1, None)
+        lo, hi = grid_limits(n, k, self.params.size_limits)
         part = partition(median_abs_cost(v), k, lo, hi)
         return self.result(schedule, inputs, k, t[list(part.starts[1:])], self.diagnostics(t, v, part, lo, hi))
 
@@ -69,10 +70,11 @@ class TimestepClusterer(_MedianDeviation):
     """Timestep baseline (Table 4): DP on sum |t - t_centre| over t = (i+1)/1000 (0.334 / 0.667 for k = 3)."""
 
     name = "timestep"
-    value_label = "t"
+    value_label = "time fraction"
 
     def values(self, schedule: NoiseSchedule, t: np.ndarray) -> np.ndarray:
-        return t
+        """The schedule's time fraction (= t for VP), so every schedule splits its own time axis evenly."""
+        return schedule.fraction(torch.as_tensor(t, dtype=torch.float64)).numpy()
 
 
 @CLUSTERERS.register("snr")

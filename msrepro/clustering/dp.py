@@ -43,6 +43,13 @@ def size_limits(n: int, k: int) -> tuple[int, int]:
     return n // (2 * k), math.ceil(3 * n / (2 * k))
 
 
+def grid_limits(n: int, k: int, official: bool = True) -> tuple[int, int | None]:
+    """Size limits for the baselines: the official ones (or none), and at least 2 points per cluster so that no
+    cluster holds only the grid's last point t = 1 (its start would be a cut point at the end of the time axis)."""
+    lo, hi = size_limits(n, k) if official else (1, None)
+    return max(lo, 2), hi
+
+
 def partition(cost: np.ndarray, k: int, min_size: int = 1, max_size: int | None = None) -> Partition:
     """Exact minimum-cost split of n grid points into k contiguous clusters with sizes in [min_size, max_size]."""
     cost = np.asarray(cost, dtype=np.float64)

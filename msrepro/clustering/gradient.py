@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from msrepro.clustering.base import Clusterer, fraction_grid
-from msrepro.clustering.dp import affinity_cost, partition, size_limits
+from msrepro.clustering.dp import affinity_cost, grid_limits, partition
 from msrepro.clustering.inputs import ClusterInputs
 from msrepro.clustering.result import ClusterResult
 from msrepro.config import ConfigError
@@ -132,7 +132,7 @@ class GradientClusterer(Clusterer):
                 labels.append(label)
                 del grads, model
         affinity = np.mean(affinities, axis=0)
-        lo, hi = size_limits(n, k) if p.size_limits else (1, None)
+        lo, hi = grid_limits(n, k, p.size_limits)
         part = partition(affinity_cost(affinity), k, lo, hi)
         diag = {"curves": {"x": t.tolist(), "xlabel": "t", "ylabel": "gradient cosine similarity",
                            "series": {f"cos(g(t), g({t[0]:.3g}))": affinity[:, 0].tolist(),
