@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 NAME = "cluster"
+INTERMIXED_ITEMS = True  # `msrepro cluster NAME --k 4 eta=0.01`: items may follow the options
 HELP = "split the diffusion time axis into K stages with a registered clusterer (Table 4); writes JSON + PNG plots"
 
 
