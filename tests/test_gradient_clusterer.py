@@ -70,7 +70,8 @@ def run_config():
 def fit(checkpoints=(), batch_size=16, seed=0, k=3):
     inputs = ClusterInputs(run_config=run_config(), checkpoints=list(checkpoints), device="cpu", seed=seed,
                            progress=False)
-    return build_clusterer("gradient", {"grid": GRID, "batch_size": batch_size}).fit(VPLinearSchedule(), inputs, k), inputs
+    clusterer = build_clusterer("gradient", {"grid": GRID, "batch_size": batch_size})
+    return clusterer.fit(VPLinearSchedule(), inputs, k), inputs
 
 
 def manual_affinity(model, x0, seed):

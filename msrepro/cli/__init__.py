@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, modules = build_parser()
     args, extra = parser.parse_known_args(argv)
     # a command with INTERMIXED_ITEMS = True takes key=value items before, between and after its options
-    if extra and (not getattr(modules[args.command], "INTERMIXED_ITEMS", False) or any(e.startswith("-") for e in extra)):
+    intermixed = getattr(modules[args.command], "INTERMIXED_ITEMS", False)
+    if extra and (not intermixed or any(e.startswith("-") for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.items = [*args.items, *extra]

@@ -20,7 +20,7 @@ HELP = "split the diffusion time axis into K stages with a registered clusterer 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="registered clusterer (msrepro list clusterers)")
-    p.add_argument("items", nargs="*", help="key=value clusterer options, dataset.key=value, run-config files/overrides")
+    p.add_argument("items", nargs="*", help="key=value clusterer options, dataset.key=value, run-config items")
     p.add_argument("--dataset", default=None, help="registered dataset for clusterers that read data (default: digits)")
     p.add_argument("--k", type=int, default=3, help="number of stages (k - 1 cut points; default 3)")
     p.add_argument("--schedule", default="vp_linear", help="noise schedule whose time the cut points are in")

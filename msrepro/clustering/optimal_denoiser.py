@@ -77,7 +77,7 @@ def od_grid(schedule: NoiseSchedule, points: int, start: float) -> np.ndarray:
 
 def denoise_on_grid(od: Any, y: torch.Tensor, eps: torch.Tensor, sigmas: list[float], space: str = "x0",
                     batch: int = 2048, progress: bool = False) -> torch.Tensor:
-    """[G, K, n]: f_t(y + sigma_t eps) for every grid noise level, f = E[x0 | x] (x0) or (x - E[x0 | x]) / sigma (eps)."""
+    """[G, K, n]: f_t(y + sigma_t eps) per grid noise level; f = E[x0 | x] (x0) or (x - E[x0 | x]) / sigma (eps)."""
     from tqdm import tqdm
 
     dev = od.data.device
@@ -153,7 +153,8 @@ class OptimalDenoiserClusterer(Clusterer):
             part = max_mean_similarity(sim, k, p.min_size, p.max_size, p.weighting)
         except ValueError as exc:
             raise ConfigError(f"cluster.params.min_size/max_size: {exc}") from None
-        return {"cuts": [round(float(grid[s - 1] + grid[s]) / 2, 12) for s in part.starts[1:]], "starts": list(part.starts),
+        cuts = [round(float(grid[s - 1] + grid[s]) / 2, 12) for s in part.starts[1:]]
+        return {"cuts": cuts, "starts": list(part.starts),
                 "sizes": list(part.sizes), "objective": part.cost, "weighting": p.weighting,
                 "interval_means": [float(sim[s:s + n, s:s + n].mean()) for s, n in zip(part.starts, part.sizes)]}
 

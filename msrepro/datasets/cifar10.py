@@ -50,7 +50,7 @@ def _missing(path: Path) -> OfflineDataError:
 
 @DATASETS.register("cifar10")
 class CIFAR10(ImageDataset):
-    """CIFAR-10 (50 000 train / 10 000 test, 32x32 RGB) from torchvision's python batches; `msrepro prefetch cifar10`."""
+    """CIFAR-10 (50 000 train / 10 000 test, 32x32 RGB), torchvision's python batches (msrepro prefetch cifar10)."""
 
     channels = 3
 

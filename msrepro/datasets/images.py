@@ -87,13 +87,16 @@ class _ImageFiles(ImageDataset):
     def _split(self, names: list[str]) -> list[str]:
         p = self.params
         if p.convention not in CONVENTIONS:
-            raise ConfigError(f"dataset.params.convention: '{p.convention}' is not valid; allowed: {', '.join(CONVENTIONS)}")
+            raise ConfigError(f"dataset.params.convention: '{p.convention}' is not valid; "
+                              f"allowed: {', '.join(CONVENTIONS)}")
         if not 0.0 <= p.test_fraction < 1.0:
             raise ConfigError(f"dataset.params.test_fraction: must be in [0, 1), got {p.test_fraction}")
         n_test = int(round(len(names) * p.test_fraction))
         if self.cfg.split == "test" and n_test == 0:
-            raise ConfigError(f"dataset.split: '{self.cfg.name}' has no test split unless dataset.params.test_fraction > 0")
-        names = {"train": names[: len(names) - n_test], "test": names[len(names) - n_test:], "all": names}[self.cfg.split]
+            raise ConfigError(f"dataset.split: '{self.cfg.name}' has no test split unless "
+                              f"dataset.params.test_fraction > 0")
+        cut = len(names) - n_test
+        names = {"train": names[:cut], "test": names[cut:], "all": names}[self.cfg.split]
         return names[: self.cfg.limit] if self.cfg.limit is not None else names
 
     def load(self) -> torch.Tensor:
