@@ -75,7 +75,8 @@ def test_cifar10_offline_error_names_file_and_prefetch(tmp_path, monkeypatch):
 
 def test_prefetch_cifar10_writes_where_the_loader_reads(tmp_path, monkeypatch):
     """The prefetch target hands torchvision the data folder; the loader then finds the batches there."""
-    import torchvision.datasets
+    import sys
+    import types
 
     from msrepro.prefetch import prefetch
 
@@ -88,7 +89,10 @@ def test_prefetch_cifar10_writes_where_the_loader_reads(tmp_path, monkeypatch):
             if not (Path(root) / FOLDER).exists():
                 write_cifar(Path(root))
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeTorchvisionCIFAR10)
+    fake = types.ModuleType("torchvision.datasets")
+    fake.CIFAR10 = FakeTorchvisionCIFAR10
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", fake)
     monkeypatch.setenv("MSREPRO_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MSREPRO_DATA", raising=False)
     out = prefetch("cifar10")
