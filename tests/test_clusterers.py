@@ -152,3 +152,13 @@ def test_result_json_plots_and_from_result(tmp_path):
                       preset=False)
     sb = resolve_boundaries(cfg, EDMSchedule())  # read by models.py and converted by matched log-SNR
     assert [float(EDMSchedule().log_snr(c)) for c in sb.cuts] == pytest.approx(d["log_snr"])
+
+
+def test_fit_from_run_config(tmp_path):
+    from msrepro.clustering import fit_from_config
+    from msrepro.config import load_config
+
+    cfg = load_config([], ["cluster.name=snr", "cluster.params.grid=1000", "stages.num_stages=3"], validate=False,
+                      preset=False)
+    r = fit_from_config(cfg, out_dir=tmp_path, progress=False)
+    assert r.boundaries == [0.348, 0.709] and (tmp_path / "result.json").is_file()

@@ -9,7 +9,7 @@ from msrepro.clustering.base import Clusterer
 from msrepro.clustering.inputs import ClusterInputs
 from msrepro.clustering.result import ClusterResult
 
-__all__ = ["ClusterInputs", "ClusterResult", "Clusterer", "build_clusterer"]
+__all__ = ["ClusterInputs", "ClusterResult", "Clusterer", "build_clusterer", "fit_from_config"]
 
 
 def build_clusterer(name: str, params=None) -> Clusterer:
@@ -17,3 +17,25 @@ def build_clusterer(name: str, params=None) -> Clusterer:
     from msrepro.registry import CLUSTERERS
 
     return CLUSTERERS.get(name)(params)
+
+
+def fit_from_config(cfg, checkpoints=(), out_dir=None, progress: bool = True) -> ClusterResult:
+    """Run the ``cluster`` section of a resolved run config (the job graph's cluster step).
+
+    Clusterer ``cfg.cluster.name`` with ``cfg.cluster.params``, on ``cfg.cluster.schedule`` (default: the run's
+    schedule), k = ``cfg.stages.num_stages``, data = ``cfg.dataset``, seed and device from the run; the result is
+    saved to ``out_dir`` (JSON + plots) when given, ready for ``stages.from_result``.
+    """
+    from omegaconf import OmegaConf
+
+    from msrepro.schedules import build_schedule
+
+    clusterer = build_clusterer(cfg.cluster.name, OmegaConf.to_container(cfg.cluster.params, resolve=True))
+    schedule = build_schedule({"name": cfg.cluster.schedule} if cfg.cluster.schedule
+                              else OmegaConf.to_container(cfg.schedule, resolve=True))
+    inputs = ClusterInputs(dataset=OmegaConf.to_container(cfg.dataset, resolve=True), checkpoints=list(checkpoints),
+                           run_config=cfg, device=cfg.device, seed=cfg.seed, progress=progress)
+    result = clusterer.fit(schedule, inputs, int(cfg.stages.num_stages))
+    if out_dir is not None:
+        result.save(out_dir)
+    return result
