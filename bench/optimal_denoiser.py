@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--n-data", type=int, default=50_000)
     ap.add_argument("--dim", type=int, default=3_072)
     ap.add_argument("--batch", type=int, default=256, help="queries per call")
-    ap.add_argument("--chunks", type=str, default="1024,2048,4096,8192,16384", help="chunk sizes to sweep")
+    ap.add_argument("--chunks", type=str, default="1024,4096,16384,32768", help="chunk sizes to sweep")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

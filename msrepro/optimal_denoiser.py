@@ -15,7 +15,12 @@ from __future__ import annotations
 import torch
 
 
-def posterior_mean(x: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor | float, *, chunk_size: int = 4096,
+def squared_norms(data: torch.Tensor) -> torch.Tensor:
+    """||y_i||^2 per row, as a reduction (no [N, n] temporary: the data may be most of the memory)."""
+    return torch.linalg.vector_norm(data, dim=1).square()
+
+
+def posterior_mean(x: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor | float, *, chunk_size: int = 16384,
                    data_sq_norms: torch.Tensor | None = None) -> torch.Tensor:
     """E[y | x] for queries x [B, n] against data [N, n] at noise levels sigma ([B] or scalar) — Eq. 4.
 
@@ -26,7 +31,7 @@ def posterior_mean(x: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor | fl
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(b)
     inv_var = (1.0 / sigma**2).unsqueeze(1)  # [B, 1]
     if data_sq_norms is None:
-        data_sq_norms = (data * data).sum(1)
+        data_sq_norms = squared_norms(data)
     neg_half_sq = (-0.5 * data_sq_norms).unsqueeze(0)  # [1, N]
     run_max = torch.full((b, 1), -torch.inf, dtype=x.dtype, device=x.device)
     run_sum = torch.zeros((b, 1), dtype=x.dtype, device=x.device)
@@ -50,11 +55,11 @@ class OptimalDenoiser:
     float64 available; computation happens on ``data``'s device.
     """
 
-    def __init__(self, data: torch.Tensor, *, dtype: torch.dtype = torch.float32, chunk_size: int = 4096,
+    def __init__(self, data: torch.Tensor, *, dtype: torch.dtype = torch.float32, chunk_size: int = 16384,
                  device: torch.device | str | None = None) -> None:
         self.sample_shape = tuple(data.shape[1:])
         self.data = data.reshape(data.shape[0], -1).to(device=device or data.device, dtype=dtype).contiguous()
-        self.sq_norms = (self.data * self.data).sum(1)
+        self.sq_norms = squared_norms(self.data)
         self.dtype, self.chunk_size = dtype, chunk_size
 
     @property
