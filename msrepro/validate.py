@@ -99,6 +99,7 @@ def validate_run_config(cfg: DictConfig) -> None:
     _registered(STAGE_POLICIES, cfg.train.stage_policy, "train.stage_policy")
 
     validate_stages(cfg)
-    hook: Callable[[DictConfig], None] | None = getattr(backbone, "validate", None)
+    adapter = backbone() if isinstance(backbone, type) else backbone
+    hook: Callable[[DictConfig], None] | None = getattr(adapter, "validate", None)
     if hook is not None:
         hook(cfg)
