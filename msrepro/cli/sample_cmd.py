@@ -15,24 +15,10 @@ HELP = "generate images from a checkpoint (PNG files or .npz, plus a PNG grid of
 FORMATS = ("png", "npz")
 
 
-class IntermixedParser(argparse.ArgumentParser):
-    """Lets ``key=value`` items come after options (``sample CKPT --num 8 nfe=10``): plain argparse takes all
-    positionals at their first run, so this sub-command parses intermixed (``parse_known_intermixed_args``)."""
-
-    _inside = False
-
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
-        if self._inside:  # parse_known_intermixed_args calls back into parse_known_args
-            return super().parse_known_args(args, namespace)
-        self._inside = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._inside = False
+INTERMIXED_ITEMS = True  # `msrepro sample CKPT --num 8 nfe=10`: items may follow the options (see cli.main)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.__class__ = IntermixedParser
     p.add_argument("checkpoint", type=Path, help="checkpoint file (.pt) written by msrepro train")
     p.add_argument("--num", type=int, default=None,
                    help="number of images (default: one per seed, else the config's sample.num)")
