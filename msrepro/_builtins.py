@@ -7,3 +7,9 @@ plugin does.
 
 import msrepro.schedules  # noqa: F401  schedules: vp_linear, edm, ddpm_discrete
 import msrepro.datasets.digits  # noqa: F401  datasets: digits
+import msrepro.samplers  # noqa: F401  samplers: dpm_solver, dpm_solver_pp, heun, ddim, euler
+import msrepro.datasets.cifar10  # noqa: F401  datasets: cifar10 (+ prefetch target cifar10)
+import msrepro.datasets.images  # noqa: F401  datasets: image_folder, image_zip
+import msrepro.clustering.baselines  # noqa: F401  clusterers: timestep, snr
+import msrepro.clustering.optimal_denoiser  # noqa: F401  clusterers: optimal_denoiser
+import msrepro.clustering.gradient  # noqa: F401  clusterers: gradient

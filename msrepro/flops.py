@@ -14,7 +14,7 @@ Per stage k (the modules a sample of stage k runs through: its encoder and decod
 
 Multistage figures: ``gmacs_weighted_length`` = sum_k w_k GMACs_k with w = each stage's share of the schedule's
 time axis (:meth:`StageBoundaries.fraction_lengths`), ``gmacs_weighted_nfe`` with w = the default sampler's
-share of function evaluations per stage. Models are built on the ``meta`` device: full-size counts allocate no
+share of function evaluations per stage (counted by the sampler itself). Models are built on the ``meta`` device: full-size counts allocate no
 weights and take about a second on a CPU.
 """
 
@@ -91,72 +91,19 @@ def stage_costs(net: MultiStageNet, channels: int, resolution: int, skip_tags: S
     return costs
 
 
-# -- NFE split of the default samplers ------------------------------------------------------------------------------
-# Stand-in until the samplers report ``info["nfe_per_stage"]``: the noise levels at which each sampler calls the
-# denoiser, from its time grid (DPM-Solver ``get_time_steps`` / singlestep orders; EDM ``edm_sampler``).
-def _singlestep_eval_times(schedule: NoiseSchedule, nfe: int, order: int, spacing: str, t_start: float,
-                           t_end: float) -> torch.Tensor:
-    """DPM-Solver singlestep (Lu et al. 2022, Alg. 1/2 and App. D): orders per step and evaluation times."""
-    if order == 3:
-        orders = [3] * (nfe // 3 - 1) + [2, 1] if nfe % 3 == 0 else [3] * (nfe // 3) + [nfe % 3]
-    elif order == 2:
-        orders = [2] * (nfe // 2) + [1] * (nfe % 2)
-    else:
-        orders = [1] * nfe
-    if spacing == "logsnr":
-        lam = torch.linspace(schedule.log_snr(t_start), schedule.log_snr(t_end), len(orders) + 1, dtype=torch.float64)
-        grid = schedule.t_from_log_snr(lam)
-    elif spacing == "time_uniform":
-        grid = torch.linspace(t_start, t_end, nfe + 1, dtype=torch.float64)[torch.cumsum(torch.tensor([0] + orders), 0)]
-    else:
-        raise ValueError(f"dpm_solver spacing '{spacing}' unknown; valid: logsnr, time_uniform")
-    fractions = {1: [0.0], 2: [0.0, 0.5], 3: [0.0, 1 / 3, 2 / 3]}
-    lam_grid = schedule.log_snr(grid)
-    lam_evals = [lam_grid[i] + f * (lam_grid[i + 1] - lam_grid[i])  # intermediate points placed in log-SNR
-                 for i, r in enumerate(orders) for f in fractions[r]]
-    return schedule.t_from_log_snr(torch.stack(lam_evals))
-
-
-def sampler_eval_sigmas(sampler: str, params: Mapping[str, Any], schedule: NoiseSchedule) -> torch.Tensor | None:
-    """Noise levels (sigma) of every denoiser call of ``sampler``; None for samplers not modelled here."""
-    p = dict(params)
-    if sampler == "heun":  # EDM Alg. 2: one call at each t_hat, a correction call at each nonzero t_{i+1}
-        n, rho = int(p.get("steps", 18)), float(p.get("rho", 7.0))
-        smin, smax = p.get("sigma_min") or schedule.sigma_min, p.get("sigma_max") or schedule.sigma_max
-        i = torch.arange(n, dtype=torch.float64)
-        t = (smax ** (1 / rho) + i / (n - 1) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
-        churn = min(float(p.get("S_churn", 0.0)) / n, math.sqrt(2) - 1)
-        inside = (t >= float(p.get("S_min", 0.0))) & (t <= float(p.get("S_max", math.inf)))
-        return torch.cat([t * (1 + churn * inside), t[1:]])
-    if sampler not in ("dpm_solver", "dpm_solver_pp", "ddim", "euler"):
-        return None
-    t_start = float(p.get("t_start") or schedule.t_max)
-    t_end = float(p.get("t_end") or getattr(schedule, "eps", None) or schedule.t_min)
-    spacing = str(p.get("spacing", "logsnr"))
-    if sampler == "dpm_solver":
-        times = _singlestep_eval_times(schedule, int(p.get("nfe", 20)), int(p.get("order", 3)), spacing, t_start,
-                                       t_end)
-    else:  # multistep / first-order: one call at every grid point but the last
-        steps = int(p.get("steps", 20))
-        if spacing == "logsnr":
-            lam = torch.linspace(float(schedule.log_snr(t_start)), float(schedule.log_snr(t_end)), steps + 1,
-                                 dtype=torch.float64)
-            times = schedule.t_from_log_snr(lam)[:-1]
-        else:
-            times = torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64)[:-1]
-    return schedule.sigma(times)
-
-
+# -- NFE split of the configured sampler ---------------------------------------------------------------------------
 def nfe_split(sampler: str, params: Mapping[str, Any], schedule: NoiseSchedule,
               boundaries: StageBoundaries | None) -> list[int] | None:
-    """Function evaluations per stage of ``sampler`` (e.g. DPM-Solver-3, 20 NFE, logSNR: 12 / 2 / 6)."""
-    sigmas = sampler_eval_sigmas(sampler, params, schedule)
-    if sigmas is None:
+    """Function evaluations per stage of the registered ``sampler`` with ``params`` (e.g. DPM-Solver-3, 20 NFE,
+    logSNR, t 1 -> 1e-4: 12 / 2 / 6), from the sampler's own count; None if the sampler is not registered."""
+    from msrepro.registry import RegistryError
+    from msrepro.samplers import build_sampler, count_nfe
+
+    try:
+        solver = build_sampler(sampler, params)
+    except RegistryError:
         return None
-    if boundaries is None:
-        return [int(sigmas.numel())]
-    stages = boundaries.stage_of_sigma(sigmas)
-    return torch.bincount(stages, minlength=boundaries.num_stages).tolist()
+    return list(count_nfe(solver, schedule, boundaries)["nfe_per_stage"])
 
 
 # -- the report -----------------------------------------------------------------------------------------------------

@@ -95,10 +95,11 @@ def validate_run_config(cfg: DictConfig) -> None:
     check_params(clusterer, cfg.cluster.params, "cluster.params")
     sampler = _registered(SAMPLERS, cfg.sample.sampler, "sample.sampler")
     check_params(sampler, cfg.sample.params, "sample.params")
+    sampler(**cfg.sample.params)  # the sampler's own value checks (spacing, order, ...): ConfigError
     _registered(STAGE_POLICIES, cfg.train.stage_policy, "train.stage_policy")
 
     validate_stages(cfg)
-    adapter = backbone() if isinstance(backbone, type) else backbone  # registered as a class or an instance
+    adapter = backbone() if isinstance(backbone, type) else backbone
     hook: Callable[[DictConfig], None] | None = getattr(adapter, "validate", None)
     if hook is not None:
         hook(cfg)

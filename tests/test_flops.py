@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from msrepro.config import load_config
-from msrepro.flops import accounting, nfe_split, sampler_eval_sigmas
+from msrepro.flops import accounting, nfe_split
 from msrepro.models import resolve_boundaries, resolve_schedule
 
 UNIFIED = ["stages.num_stages=1", "stages.boundaries=null", "model.decoder_channels=null"]
@@ -84,24 +84,13 @@ def test_heun_nfe_split_from_the_karras_grid():
     cfg = config("edm", "multistage")
     schedule = resolve_schedule(cfg)
     bounds = resolve_boundaries(cfg, schedule)
-    sig = sampler_eval_sigmas("heun", cfg.sample.params, schedule)
-    assert sig.numel() == 35 and float(sig.max()) == pytest.approx(80.0)
     # independent: EDM edm_sampler's t_steps, evaluated at t_i (i < 18) and at t_{i+1} (i < 17)
     ramp = [(80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7 for i in range(18)]
     calls = ramp + ramp[1:]
     expected = [sum(lo <= s < hi for s in calls) for lo, hi in [(0, 2.5103), (2.5103, 7.6577), (7.6577, 81)]]
     assert nfe_split("heun", cfg.sample.params, schedule, bounds) == expected
-
-
-def test_dpm_solver_singlestep_orders_and_spacings():
-    cfg = config("dpm_solver", "multistage")
-    schedule = resolve_schedule(cfg)
-    for order, nfe in [(3, 20), (3, 21), (3, 22), (2, 11), (1, 5)]:
-        params = {"order": order, "nfe": nfe, "spacing": "time_uniform", "t_end": 1e-3}
-        t = schedule.sigma_inv(sampler_eval_sigmas("dpm_solver", params, schedule))
-        assert t.numel() == nfe and float(t[0]) == pytest.approx(1.0)
-        assert bool((t[1:] < t[:-1]).all())
-    assert sampler_eval_sigmas("unknown_sampler", {}, schedule) is None
+    assert sum(expected) == 35 and full("edm", "multistage")["nfe_per_stage"] == expected
+    assert nfe_split("not_a_sampler", {}, schedule, bounds) is None
 
 
 def test_flops_command_json(capsys):

@@ -13,6 +13,8 @@ COMMANDS: tuple[str, ...] = (
     "msrepro.cli.list_cmd",
     "msrepro.cli.config_cmd",
     "msrepro.cli.prefetch_cmd",
+    "msrepro.cli.sample_cmd",
+    "msrepro.cli.cluster_cmd",
     "msrepro.cli.flops_cmd",
 )
 
@@ -44,7 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from msrepro.registry import RegistryError
 
     parser, modules = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # a command with INTERMIXED_ITEMS = True takes key=value items before, between and after its options
+    intermixed = getattr(modules[args.command], "INTERMIXED_ITEMS", False)
+    if extra and (not intermixed or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.items = [*args.items, *extra]
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(modules[args.command].run(args) or 0)

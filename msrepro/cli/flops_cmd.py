@@ -6,6 +6,7 @@ import argparse
 import json
 
 NAME = "flops"
+INTERMIXED_ITEMS = True  # key=value items may also follow the options (see cli.main)
 HELP = "parameters, GMACs (the paper's 'GFLOPs') and true FLOPs per stage, weighted multistage figures"
 
 

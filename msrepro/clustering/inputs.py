@@ -1,0 +1,95 @@
+"""What a clusterer may need besides the schedule and k, loaded only when it asks (timestep / snr touch nothing)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from msrepro.config import DatasetConfig, merge
+
+
+@dataclass
+class ClusterInputs:
+    """Lazily loaded inputs: a dataset, a run config (network) and its checkpoints, the device and the seed.
+
+    ``dataset`` is a ``dataset`` config section (dict; default: the embedded digits). The run config comes from
+    ``run_config`` if given, else from ``config_files`` + ``config_overrides`` (``load_config``), else from the first
+    checkpoint. Nothing is read until a clusterer calls :meth:`data`, :meth:`get_run_config` or :meth:`training_batch`.
+    """
+
+    dataset: dict[str, Any] | DictConfig | None = None
+    checkpoints: Sequence[str] = ()
+    run_config: DictConfig | None = None
+    config_files: Sequence[str] = ()
+    config_overrides: Sequence[str] = ()
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+    _datasets: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # -- data ----------------------------------------------------------------------------------------
+    def dataset_config(self, **changes: Any) -> DictConfig:
+        cfg = merge(OmegaConf.structured(DatasetConfig), self.dataset or {}, where="dataset")
+        return merge(cfg, changes, where="dataset")
+
+    def _load(self, cfg: DictConfig):
+        from msrepro.datasets import build_dataset
+
+        key = OmegaConf.to_yaml(cfg)
+        if key not in self._datasets:
+            self._datasets[key] = build_dataset(cfg)
+        return self._datasets[key]
+
+    def data(self, *, zero_one: bool = True) -> torch.Tensor:
+        """The whole configured split as [N, C, H, W] float32, in [0, 1] (``zero_one``) or [-1, 1]."""
+        return self._load(self.dataset_config(zero_one=zero_one)).tensor().to(torch.float32)
+
+    def training_batch(self, batch_size: int) -> torch.Tensor:
+        """One real batch of the run config's training data (its range), drawn with ``seed``."""
+        ds = self._load(self.get_run_config().dataset)
+        x = ds.tensor()
+        idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(self.seed))[:batch_size]
+        return x[idx].to(torch.float32)
+
+    # -- network -------------------------------------------------------------------------------------
+    def get_run_config(self) -> DictConfig:
+        """The run config whose network the clusterer differentiates (validated where it matters)."""
+        if self.run_config is None:
+            from msrepro.config import load_config
+
+            if self.config_files or not self.checkpoints:
+                cfg = load_config(list(self.config_files), list(self.config_overrides), validate=False)
+            else:
+                from msrepro.checkpoint import checkpoint_config, load_checkpoint
+
+                cfg = merge(checkpoint_config(load_checkpoint(self.checkpoints[0])),
+                            OmegaConf.from_dotlist(list(self.config_overrides)), where="overrides")
+            from msrepro.validate import validate_stages
+
+            validate_stages(cfg)
+            self.run_config = cfg
+        return self.run_config
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    # -- provenance ----------------------------------------------------------------------------------
+    def provenance(self) -> dict[str, Any]:
+        """Seed, code version, time, and name/size/checksum of every dataset actually loaded."""
+        from msrepro.io import code_version
+
+        loaded = [{"name": ds.cfg.name, "split": ds.cfg.split, "resolution": int(ds.cfg.resolution),
+                   "num_images": len(ds), "checksum": ds.checksum()} for ds in self._datasets.values()]
+        return {"dataset": loaded[0] if len(loaded) == 1 else (loaded or None), "seed": self.seed,
+                "checkpoints": list(self.checkpoints), "device": str(self.torch_device()),
+                "code_version": code_version(), "created": _dt.datetime.now(_dt.timezone.utc).isoformat()}
+
+    @property
+    def used_data(self) -> bool:
+        return bool(self._datasets)
