@@ -36,6 +36,8 @@ class Backbone:
     default_sampler: ClassVar[str] = "dpm_solver"
     #: "eps" (EpsPrecond) or "edm" (EDMPrecond)
     parameterization: ClassVar[str] = "eps"
+    #: ``flops_tag`` of layers the paper's GMAC figure for this family leaves out (see :mod:`msrepro.flops`)
+    gmacs_skip_tags: ClassVar[tuple[str, ...]] = ()
 
     # -- network hooks ----------------------------------------------------------------------------------
     def build_encoder(self, params: DictConfig, channels: int, in_channels: int, resolution: int) -> nn.Module:

@@ -91,16 +91,33 @@ def data_shape(cfg: DictConfig) -> tuple[int, int]:
     return int(channels(cfg.dataset) if callable(channels) else channels), int(cfg.dataset.resolution)
 
 
-def build_denoiser(cfg: DictConfig) -> Preconditioning:
-    """The full model of a run config: a Preconditioning around a MultiStageNet."""
+def build_net(cfg: DictConfig, channels: int | None = None) -> MultiStageNet:
+    """The raw multi-decoder network of a run config (no schedule, no preconditioning).
+
+    Touches no tensor outside the modules, so ``with torch.device("meta"): build_net(cfg)`` builds a full-size
+    model for counting without allocating it (:mod:`msrepro.flops`). ``channels`` overrides the dataset's.
+    """
     backbone = get_backbone(cfg.model.backbone)
-    params = check_params(backbone, cfg.model.params, "model.params")
-    schedule = resolve_schedule(cfg)
-    boundaries = resolve_boundaries(cfg, schedule)
-    channels, resolution = data_shape(cfg)
+    return _build_net(cfg, backbone, check_params(backbone, cfg.model.params, "model.params"), channels)
+
+
+def _build_net(cfg: DictConfig, backbone: Backbone, params: DictConfig, channels: int | None) -> MultiStageNet:
+    if channels is None:
+        channels, resolution = data_shape(cfg)
+    else:
+        resolution = int(cfg.dataset.resolution)
     enc_widths, dec_widths = stage_widths(cfg)
     encoders = [backbone.build_encoder(params, w, channels, resolution) for w in enc_widths]
     decoders = [backbone.build_decoder(params, enc_widths[0 if len(enc_widths) == 1 else k], w, channels, resolution, k)
                 for k, w in enumerate(dec_widths)]
-    net = MultiStageNet(encoders, decoders)
+    return MultiStageNet(encoders, decoders)
+
+
+def build_denoiser(cfg: DictConfig, channels: int | None = None) -> Preconditioning:
+    """The full model of a run config: a Preconditioning around a MultiStageNet (``channels`` as in build_net)."""
+    backbone = get_backbone(cfg.model.backbone)
+    params = check_params(backbone, cfg.model.params, "model.params")
+    schedule = resolve_schedule(cfg)
+    boundaries = resolve_boundaries(cfg, schedule)
+    net = _build_net(cfg, backbone, params, channels)
     return backbone.make_precond(net, schedule, boundaries, cfg.model.routing, params)

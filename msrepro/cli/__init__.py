@@ -15,6 +15,7 @@ COMMANDS: tuple[str, ...] = (
     "msrepro.cli.prefetch_cmd",
     "msrepro.cli.sample_cmd",
     "msrepro.cli.cluster_cmd",
+    "msrepro.cli.flops_cmd",
 )
 
 

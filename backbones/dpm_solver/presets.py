@@ -1,0 +1,53 @@
+"""Presets of the DPM-Solver backbone: run-config overrides (``full`` = the paper, SPEC 4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: score_sde DDPM++ deep continuous (configs/vp/cifar10_ddpmpp_deep_continuous), GroupNorm as the multistage code
+NETWORK = {
+    "channel_mult": [1, 2, 2, 2], "num_blocks": 8, "attn_resolutions": [16], "dropout": 0.1,
+    "resample_filter": [1, 3, 3, 1], "progressive_input": "residual", "middle": "encoder", "augment_dim": 0,
+    "norm_groups": 16,
+}
+#: DPM-Solver singlestep, order 3, 20 NFE, logSNR spacing, t from 1 to 1e-4 (SPEC 4)
+SAMPLER = {"order": 3, "nfe": 20, "spacing": "logsnr", "t_start": None, "t_end": 1e-4}
+STAGES = {"num_stages": 3, "boundaries": [0.4420, 0.6308], "boundaries_schedule": "vp_linear"}
+SCHEDULE = {"name": "vp_linear", "beta_min": 0.1, "beta_max": 20.0, "eps": 1e-5}
+
+FULL: dict[str, Any] = {
+    "schedule": SCHEDULE,
+    "dataset": {"name": "cifar10", "resolution": 32, "hflip": True},
+    "model": {"encoder_channels": 128, "decoder_channels": [192, 128, 16], "params": NETWORK},
+    "stages": STAGES,
+    "train": {"steps": 450_000, "batch_size": 128, "optimizer": "adam", "lr": 2e-4, "weight_decay": 0.0,
+              "warmup_steps": 5000, "grad_clip": 1.0, "ema_decay": 0.9999, "ema_halflife_kimg": None,
+              "stage_policy": "stage_uniform", "augment_p": 0.0, "checkpoint_every": 10_000, "log_every": 100},
+    "sample": {"sampler": "dpm_solver", "params": SAMPLER, "num": 50_000, "batch_size": 500},
+    "eval": {"metrics": ["fid"], "num_samples": 50_000},
+}
+
+TINY: dict[str, Any] = {
+    "schedule": SCHEDULE,
+    "dataset": {"name": "digits", "resolution": 16, "hflip": False},
+    "model": {"encoder_channels": 32, "decoder_channels": [48, 32, 8],
+              "params": {**NETWORK, "channel_mult": [1, 2, 2], "num_blocks": 2, "attn_resolutions": [8]}},
+    "stages": STAGES,
+    "train": {"steps": 2000, "batch_size": 64, "optimizer": "adam", "lr": 2e-4, "warmup_steps": 100,
+              "grad_clip": 1.0, "ema_decay": 0.999, "ema_halflife_kimg": None, "stage_policy": "stage_uniform",
+              "augment_p": 0.0, "checkpoint_every": 500, "log_every": 50},
+    "sample": {"sampler": "dpm_solver", "params": SAMPLER, "num": 1000, "batch_size": 250},
+    "eval": {"metrics": ["fd_digits"], "num_samples": 1000},
+}
+
+SMOKE: dict[str, Any] = {
+    **TINY,
+    "model": {"encoder_channels": 16, "decoder_channels": [24, 16, 8],
+              "params": {**NETWORK, "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [8]}},
+    "train": {**TINY["train"], "steps": 20, "batch_size": 16, "warmup_steps": 0, "checkpoint_every": 10,
+              "log_every": 5},
+    "sample": {"sampler": "dpm_solver", "params": {**SAMPLER, "nfe": 10}, "num": 16, "batch_size": 16},
+    "eval": {"metrics": ["fd_digits"], "num_samples": 64},
+}
+
+PRESETS: dict[str, dict[str, Any]] = {"full": FULL, "tiny": TINY, "smoke": SMOKE}

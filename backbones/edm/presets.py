@@ -1,0 +1,56 @@
+"""Presets of the EDM backbone: run-config overrides (``full`` = the paper, SPEC 4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: EDM train.py --arch=ddpmpp (SongUNet), CIFAR-10 dropout, GroupNorm as the multistage code
+NETWORK = {
+    "channel_mult": [2, 2, 2], "num_blocks": 4, "attn_resolutions": [16], "dropout": 0.13,
+    "resample_filter": [1, 1], "progressive_input": "none", "middle": "decoder", "augment_dim": 9,
+    "norm_groups": 16,
+}
+#: EDM's deterministic Heun sampler: 18 steps = 35 NFE, rho 7, sigma 80 -> 0.002 (schedule defaults)
+SAMPLER = {"steps": 18, "rho": 7.0, "sigma_min": None, "sigma_max": None, "S_churn": 0.0, "S_min": 0.0,
+           "S_max": float("inf"), "S_noise": 1.0}
+STAGES = {"num_stages": 3, "boundaries": [2.5103, 7.6577], "boundaries_schedule": "edm"}
+SCHEDULE = {"name": "edm", "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0, "sigma_data": 0.5}
+
+FULL: dict[str, Any] = {
+    "schedule": SCHEDULE,
+    "dataset": {"name": "cifar10", "resolution": 32, "hflip": False},
+    "model": {"encoder_channels": 128, "decoder_channels": [192, 128, 16], "params": NETWORK},
+    "stages": STAGES,
+    # EDM: Adam 1e-3, lr ramp-up over 10 Mimg (= 78125 steps at batch 128), no clipping, EMA half-life 0.5 Mimg,
+    # 200 Mimg (= 1 562 500 steps), augmentation p 0.12; stage drawn per batch from the lognormal (native).
+    "train": {"steps": 1_562_500, "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
+              "warmup_steps": 78_125, "grad_clip": None, "ema_decay": None, "ema_halflife_kimg": 500.0,
+              "stage_policy": "native", "augment_p": 0.12, "checkpoint_every": 10_000, "log_every": 100},
+    "sample": {"sampler": "heun", "params": SAMPLER, "num": 50_000, "batch_size": 500},
+    "eval": {"metrics": ["fid"], "num_samples": 50_000},
+}
+
+TINY: dict[str, Any] = {
+    "schedule": SCHEDULE,
+    "dataset": {"name": "digits", "resolution": 16, "hflip": False},
+    "model": {"encoder_channels": 32, "decoder_channels": [48, 32, 8],
+              "params": {**NETWORK, "num_blocks": 2, "attn_resolutions": [8]}},
+    "stages": STAGES,
+    "train": {"steps": 2000, "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "warmup_steps": 200,
+              "grad_clip": None, "ema_decay": None, "ema_halflife_kimg": 10.0, "stage_policy": "native",
+              "augment_p": 0.0, "checkpoint_every": 500, "log_every": 50},
+    "sample": {"sampler": "heun", "params": SAMPLER, "num": 1000, "batch_size": 250},
+    "eval": {"metrics": ["fd_digits"], "num_samples": 1000},
+}
+
+SMOKE: dict[str, Any] = {
+    **TINY,
+    "model": {"encoder_channels": 16, "decoder_channels": [24, 16, 8],
+              "params": {**NETWORK, "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [8]}},
+    "train": {**TINY["train"], "steps": 20, "batch_size": 16, "warmup_steps": 0, "checkpoint_every": 10,
+              "log_every": 5},
+    "sample": {"sampler": "heun", "params": {**SAMPLER, "steps": 6}, "num": 16, "batch_size": 16},
+    "eval": {"metrics": ["fd_digits"], "num_samples": 64},
+}
+
+PRESETS: dict[str, dict[str, Any]] = {"full": FULL, "tiny": TINY, "smoke": SMOKE}
