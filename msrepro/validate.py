@@ -45,16 +45,15 @@ def validate_stages(cfg: DictConfig) -> None:
     k = cfg.stages.num_stages
     if k < 1:
         raise ConfigError(f"stages.num_stages: must be >= 1, got {k}")
-    if cfg.model.variant == "unified" and k != 1:
-        raise ConfigError(f"stages.num_stages: the unified variant has one stage, got {k}; "
-                          f"set stages.num_stages=1 or choose a variant from {', '.join(VARIANTS[1:])}")
+    _one_of(cfg.stages.convert, CONVERT_METHODS, "stages.convert")
+    if cfg.model.variant == "unified":
+        return  # one network for all noise levels: stage count, decoder widths and cut points do not apply
     dec = cfg.model.decoder_channels
     if dec is not None and len(dec) != k:
         raise ConfigError(f"model.decoder_channels: {len(dec)} decoder widths {list(dec)} for {k} stages; "
                           f"give exactly stages.num_stages={k} widths")
     if dec is not None and any(c <= 0 for c in dec):
         raise ConfigError(f"model.decoder_channels: widths must be positive, got {list(dec)}")
-    _one_of(cfg.stages.convert, CONVERT_METHODS, "stages.convert")
     cuts = cfg.stages.boundaries
     if cuts is None:
         return

@@ -33,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
 
     files, overrides = split_items(args.items)
     base = [f"model.backbone={args.backbone}", f"model.preset={args.preset}", f"model.variant={args.variant}"]
-    if args.variant == "unified":  # one stage, one decoder at encoder width
-        base += ["stages.num_stages=1", "stages.boundaries=null", "model.decoder_channels=null"]
     cfg = load_config(files, base + overrides, validate=False)
     validate_stages(cfg)  # counting needs the network and the stages only, not the sampler/clusterer/dataset
     get_backbone(cfg.model.backbone).validate(cfg)
