@@ -13,3 +13,4 @@ import msrepro.datasets.images  # noqa: F401  datasets: image_folder, image_zip
 import msrepro.clustering.baselines  # noqa: F401  clusterers: timestep, snr
 import msrepro.clustering.optimal_denoiser  # noqa: F401  clusterers: optimal_denoiser
 import msrepro.clustering.gradient  # noqa: F401  clusterers: gradient
+import msrepro.evaluation  # noqa: F401  metrics: fid, fd_digits, kid, prc (+ prefetch target inception)

@@ -1,0 +1,13 @@
+"""Evaluation through torch-fidelity: FID, FD-digits, KID, precision/recall; reference statistics; runs.
+
+Public API: :func:`evaluate_checkpoint`, :func:`evaluate_run`, :func:`refstats`, :func:`plot_metric_vs_iterations`.
+Importing this package registers the metrics (``METRICS``), the torch-fidelity feature extractor
+``msrepro-digits`` and the prefetch target ``inception``.
+"""
+
+from msrepro.evaluation import digits_classifier, inception, metrics  # noqa: F401  (registrations)
+from msrepro.evaluation.evaluate import evaluate_checkpoint
+from msrepro.evaluation.metrics import LABELS
+from msrepro.evaluation.refstats import refstats
+
+__all__ = ["LABELS", "evaluate_checkpoint", "refstats"]
