@@ -9,5 +9,6 @@ from msrepro.evaluation import digits_classifier, inception, metrics  # noqa: F4
 from msrepro.evaluation.evaluate import evaluate_checkpoint
 from msrepro.evaluation.metrics import LABELS
 from msrepro.evaluation.refstats import refstats
+from msrepro.evaluation.runs import evaluate_run, plot_metric_vs_iterations
 
-__all__ = ["LABELS", "evaluate_checkpoint", "refstats"]
+__all__ = ["LABELS", "evaluate_checkpoint", "evaluate_run", "plot_metric_vs_iterations", "refstats"]
