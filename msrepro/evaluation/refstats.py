@@ -2,8 +2,8 @@
 
 Layout: ``<cache>/refstats/<dataset>-r<res>-<split>-n<count>-<checksum>-<extractor>-<digest>/`` holding
 torch-fidelity's own cache files (input name ``ref``: features and FID statistics) and ``provenance.json``
-(dataset, checksum, count, extractor and its weights digest, torch-fidelity version, the FD of the set against
-itself). The dataset checksum and the extractor digest are part of the folder name, so changed data or weights
+(dataset, checksum, count, extractor and its weights digest, torch-fidelity version); torch-fidelity adds the
+FID statistics (mean, covariance) to the same cache on first use. The dataset checksum and the extractor digest are part of the folder name, so changed data or weights
 never reuse stale statistics. Evaluations hand the folder to torch-fidelity as ``cache_root`` with
 ``input2_cache_name="ref"``: torch-fidelity reads the reference side from its cache and never recomputes it.
 """
@@ -71,46 +71,60 @@ def reference_dataset(dataset_cfg: Any):
     return build_dataset(cfg)
 
 
-def expected_files(folder: Path, extractor: Extractor, layer: str) -> list[Path]:
-    name = extractor.fidelity_name
-    return [folder / f"{REF}-{name}-features-{layer}.pt", folder / f"{REF}-{name}-stat-fid-{layer}.pt"]
+def expected_files(folder: Path, extractor: Extractor, layers: list[str]) -> list[Path]:
+    return [folder / f"{REF}-{extractor.fidelity_name}-features-{layer}.pt" for layer in layers]
 
 
-def feature_layer(extractor: Extractor) -> str:
+def feature_layers(extractor: Extractor) -> list[str]:
+    """The layers the metrics read (torch-fidelity's defaults for fid, kid and prc of this extractor)."""
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-    return FEATURE_EXTRACTORS_REGISTRY[extractor.fidelity_name].get_default_feature_layer_for_metric("fid")
+    cls = FEATURE_EXTRACTORS_REGISTRY[extractor.fidelity_name]
+    return sorted({cls.get_default_feature_layer_for_metric(m) for m in ("fid", "kid", "prc")})
+
+
+def is_complete(folder: Path, extractor: Extractor) -> bool:
+    return (folder / PROVENANCE).is_file() and all(p.is_file() for p in expected_files(
+        folder, extractor, feature_layers(extractor)))
+
+
+def build_reference(images: Dataset, folder: Path, extractor: Extractor, info: dict[str, Any], *,
+                    device: str | torch.device = "cpu", batch_size: int = 256) -> Path:
+    """Extract ``images``' features with torch-fidelity into its cache in ``folder`` (input name ``ref``), then
+    write ``provenance.json`` (``info`` plus the extractor's identity). FID statistics are derived from the cached
+    features and cached next to them by torch-fidelity on the first FID evaluation."""
+    t0 = time.time()
+    n = len(images)
+    # KID on two samples is the cheapest call that makes torch-fidelity extract and cache the features
+    torch_fidelity.calculate_metrics(
+        input1=images, input2=images, input1_cache_name=REF, input2_cache_name=REF, cache_root=str(folder),
+        kid=True, kid_subsets=1, kid_subset_size=min(2, n), cuda=torch.device(device).type == "cuda",
+        batch_size=batch_size, verbose=False, save_cpu_ram=True, **extractor.fidelity_kwargs())
+    layers = feature_layers(extractor)
+    record = {**info, "count": n, "extractor": extractor.fidelity_name, "extractor_kind": extractor.kind,
+              "extractor_weights": str(extractor.weights), "extractor_digest": extractor.digest,
+              "extractor_description": extractor.description, "feature_layers": layers,
+              "torch_fidelity": torch_fidelity.__version__, "wall_s": round(time.time() - t0, 3),
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "files": [p.name for p in expected_files(folder, extractor, layers)]}
+    atomic_write_json(folder / PROVENANCE, record)
+    return folder
 
 
 def refstats(dataset_cfg: Any, extractor: str | Extractor = "inception", *, params: EvalParams | None = None,
              device: str | torch.device = "cpu", batch_size: int = 256) -> Path:
-    """The folder of the dataset's cached reference statistics in ``extractor``'s space, computed on first use."""
+    """The folder of the dataset's cached reference features in ``extractor``'s space, computed on first use."""
     ds = reference_dataset(dataset_cfg)
     ext = extractor if isinstance(extractor, Extractor) else resolve_extractor(extractor, ds.cfg, params)
-    c = ds.cfg
-    key = f"{c.name}-r{c.resolution}-{c.split}-n{len(ds)}-{ds.checksum()}-{ext.key}"
+    c, checksum = ds.cfg, ds.checksum()
+    key = f"{c.name}-r{c.resolution}-{c.split}-n{len(ds)}-{checksum}-{ext.key}"
     folder = cache_dir() / "refstats" / key
-    layer = feature_layer(ext)
-    if (folder / PROVENANCE).is_file() and all(p.is_file() for p in expected_files(folder, ext, layer)):
+    if is_complete(folder, ext):
         return folder
     logger.info("computing reference statistics %s (%d images, %s)", key, len(ds), ext.description)
-    t0 = time.time()
-    images = UInt8Images(ds.images)
-    out = torch_fidelity.calculate_metrics(
-        input1=images, input2=images, input1_cache_name=REF, input2_cache_name=REF, cache_root=str(folder),
-        fid=True, cuda=torch.device(device).type == "cuda", batch_size=batch_size, verbose=False,
-        save_cpu_ram=True, **ext.fidelity_kwargs())
-    provenance = {
-        "dataset": c.name, "resolution": int(c.resolution), "split": c.split, "limit": c.limit,
-        "dataset_params": dict(c.params), "checksum": ds.checksum(), "count": len(ds),
-        "extractor": ext.fidelity_name, "extractor_kind": ext.kind, "extractor_weights": str(ext.weights),
-        "extractor_digest": ext.digest, "extractor_description": ext.description, "feature_layer": layer,
-        "torch_fidelity": torch_fidelity.__version__, "self_fd": out[torch_fidelity.KEY_METRIC_FID],
-        "wall_s": round(time.time() - t0, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": [p.name for p in expected_files(folder, ext, layer)],
-    }
-    atomic_write_json(folder / PROVENANCE, provenance)
-    return folder
+    info = {"dataset": c.name, "resolution": int(c.resolution), "split": c.split, "limit": c.limit,
+            "root": c.root, "dataset_params": dict(c.params), "checksum": checksum}
+    return build_reference(UInt8Images(ds.images), folder, ext, info, device=device, batch_size=batch_size)
 
 
 def provenance(folder: Path) -> dict[str, Any]:
