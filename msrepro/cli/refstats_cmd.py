@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from msrepro.config import DatasetConfig
     from msrepro.evaluation import refstats
     from msrepro.evaluation.metrics import EvalParams, resolve_extractor
-    from msrepro.evaluation.refstats import provenance
+    from msrepro.evaluation.reference import provenance
     from msrepro.registry import DATASETS
 
     DATASETS.get(args.dataset)  # unknown names list the valid ones

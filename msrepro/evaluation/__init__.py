@@ -8,7 +8,7 @@ Importing this package registers the metrics (``METRICS``), the torch-fidelity f
 from msrepro.evaluation import digits_classifier, inception, metrics  # noqa: F401  (registrations)
 from msrepro.evaluation.evaluate import evaluate_checkpoint
 from msrepro.evaluation.metrics import LABELS
-from msrepro.evaluation.refstats import refstats
+from msrepro.evaluation.reference import refstats
 from msrepro.evaluation.runs import evaluate_run, plot_metric_vs_iterations
 
 __all__ = ["LABELS", "evaluate_checkpoint", "evaluate_run", "plot_metric_vs_iterations", "refstats"]

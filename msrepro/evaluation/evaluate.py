@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from msrepro.evaluation.metrics import (LABELS, EvalParams, Extractor, Metric, build_metrics, extractor_kind,
                                         parse_params, resolve_extractor)
-from msrepro.evaluation.refstats import REF, CachedReference, provenance, refstats
+from msrepro.evaluation.reference import REF, CachedReference, provenance, refstats
 
 logger = logging.getLogger(__name__)
 
