@@ -17,6 +17,9 @@ COMMANDS: tuple[str, ...] = (
     "msrepro.cli.sample_cmd",
     "msrepro.cli.cluster_cmd",
     "msrepro.cli.flops_cmd",
+    "msrepro.cli.evaluate_cmd",
+    "msrepro.cli.evaluate_run_cmd",
+    "msrepro.cli.refstats_cmd",
 )
 
 
