@@ -1,0 +1,1 @@
+"""KL-VAE first stage for latent diffusion (placeholder)."""
