@@ -13,3 +13,5 @@ import msrepro.datasets.images  # noqa: F401  datasets: image_folder, image_zip
 import msrepro.clustering.baselines  # noqa: F401  clusterers: timestep, snr
 import msrepro.clustering.optimal_denoiser  # noqa: F401  clusterers: optimal_denoiser
 import msrepro.clustering.gradient  # noqa: F401  clusterers: gradient
+import msrepro.vae.latents  # noqa: F401  datasets: latents
+import msrepro.vae.loss  # noqa: F401  prefetch target: lpips

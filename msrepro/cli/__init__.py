@@ -16,6 +16,8 @@ COMMANDS: tuple[str, ...] = (
     "msrepro.cli.sample_cmd",
     "msrepro.cli.cluster_cmd",
     "msrepro.cli.flops_cmd",
+    "msrepro.cli.train_vae_cmd",
+    "msrepro.cli.encode_latents_cmd",
 )
 
 
