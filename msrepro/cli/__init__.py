@@ -20,6 +20,8 @@ COMMANDS: tuple[str, ...] = (
     "msrepro.cli.evaluate_cmd",
     "msrepro.cli.evaluate_run_cmd",
     "msrepro.cli.refstats_cmd",
+    "msrepro.cli.train_vae_cmd",
+    "msrepro.cli.encode_latents_cmd",
 )
 
 
