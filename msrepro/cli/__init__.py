@@ -16,6 +16,10 @@ COMMANDS: tuple[str, ...] = (
     "msrepro.cli.sample_cmd",
     "msrepro.cli.cluster_cmd",
     "msrepro.cli.flops_cmd",
+    "msrepro.cli.submit_cmd",
+    "msrepro.cli.status_cmd",
+    "msrepro.cli.tables_cmd",
+    "msrepro.cli.reproduce_cmd",
 )
 
 
