@@ -29,7 +29,13 @@ def model_accounting(cfg: DictConfig) -> dict[str, Any] | None:
     from msrepro.config import to_dict
     from msrepro.flops import accounting
 
-    key = config_hash({k: to_dict(cfg[k]) for k in ("model", "stages", "dataset", "schedule", "sample")})
+    from msrepro.models import data_shape
+
+    try:
+        shape = data_shape(cfg)
+    except Exception:
+        shape = None
+    key = config_hash({"shape": shape, **{k: to_dict(cfg[k]) for k in ("model", "stages", "schedule", "sample")}})
     if key not in _ACC:
         try:
             _ACC[key] = accounting(cfg)

@@ -104,8 +104,9 @@ def _parse_table(data: dict[str, Any], where: str) -> Table:
 
 
 def load_table(name: str) -> Table:
-    """Table ``name`` (table1 ... table4); an unknown name lists the valid ones."""
-    path = experiments_dir() / f"{name}.yaml"
+    """Table ``name`` (table1 ... table4) or a path to a table YAML of your own; an unknown name lists the valid
+    ones."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else experiments_dir() / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown table '{name}'; valid tables: {', '.join(table_names())} (or 'all')")
     return _parse_table(yaml.safe_load(path.read_text()), str(path))

@@ -170,7 +170,7 @@ def build(table: Table, runs: list[Run]) -> tuple[list[str], list[list[str]], li
                 label = "/".join(sorted(METRIC_LABELS.get(m, m) for m in metric_names[run.name]))
             headers.append(f"{label} ({run.name})")
             if col.compare != "never":
-                headers.append(f"Δ ({run.name})")
+                headers.append(f"Δ {label} ({run.name})")
     body = []
     for row in table.rows:
         line = [row.label + (" [quoted]" if row.quoted else "")]
@@ -207,10 +207,10 @@ def render(table: Table, runs: list[Run], form: str) -> str:
 
     headers, body, notes = build(table, runs)
     if form == "md":
-        return f"**{table.title}**\n\n" + tabulate(body, headers, tablefmt="github") + "\n\n" + \
+        return f"**{table.title}**\n\n" + tabulate(body, headers, tablefmt="github", disable_numparse=True) + "\n\n" + \
             "\n".join(f"- {n}" for n in notes) + "\n"
     if form == "latex":
-        return (f"% {table.title}\n" + tabulate(body, headers, tablefmt="latex_booktabs") + "\n"
+        return (f"% {table.title}\n" + tabulate(body, headers, tablefmt="latex_booktabs", disable_numparse=True) + "\n"
                 + "".join(f"% {n}\n" for n in notes))
     if form == "csv":
         buf = io.StringIO()
