@@ -28,6 +28,13 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! comm
     apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
 fi
 
+# another cluster of this script (other state dir) already serving this machine: use it, start nothing
+OTHER=$(readlink -f /etc/slurm/slurm.conf 2>/dev/null || true)
+if [ -n "$OTHER" ] && [ "$OTHER" != "$STATE/slurm.conf" ] && [ -f "$OTHER" ] && \
+        grep -q 'msrepro slurm/start_cluster.sh' "$OTHER" && alive "$(dirname "$OTHER")/run/slurmctld.pid"; then
+    log "a cluster from $(dirname "$OTHER") is already running; using it (stop it with MSREPRO_SLURM_DIR=$(dirname "$OTHER") $(dirname "$0")/stop_cluster.sh)"
+    exit 0
+fi
 mkdir -p "$STATE"/{spool/ctld,spool/d,log,run}
 if alive "$STATE/run/slurmctld.pid" && alive "$STATE/run/slurmd.pid" && alive "$STATE/run/munged.pid"; then
     log "already running (state in $STATE)"
