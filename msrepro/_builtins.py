@@ -13,3 +13,5 @@ import msrepro.datasets.images  # noqa: F401  datasets: image_folder, image_zip
 import msrepro.clustering.baselines  # noqa: F401  clusterers: timestep, snr
 import msrepro.clustering.optimal_denoiser  # noqa: F401  clusterers: optimal_denoiser
 import msrepro.clustering.gradient  # noqa: F401  clusterers: gradient
+import msrepro.training.densities  # noqa: F401  noise densities: vp_uniform, lognormal, discrete_uniform
+import msrepro.training.policies  # noqa: F401  stage policies: stage_uniform, native, per_sample

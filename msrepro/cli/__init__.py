@@ -13,6 +13,7 @@ COMMANDS: tuple[str, ...] = (
     "msrepro.cli.list_cmd",
     "msrepro.cli.config_cmd",
     "msrepro.cli.prefetch_cmd",
+    "msrepro.cli.train_cmd",
     "msrepro.cli.sample_cmd",
     "msrepro.cli.cluster_cmd",
     "msrepro.cli.flops_cmd",
