@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from msrepro.backbone import Backbone
@@ -25,28 +25,6 @@ from msrepro.nets.openaimodel import DECODER_ATTENTION, TAG_LDM_ATTENTION, OpenA
 from msrepro.precond import EpsPrecond, Preconditioning
 from msrepro.registry import BACKBONES
 from msrepro.schedules import NoiseSchedule
-
-def effective_lr(base_lr: float, scale_lr: bool, batch_size: int) -> float:
-    """SPEC 4's learning-rate question, as latent-diffusion's ``main.py`` flag ``scale_lr``: off -> base_lr (the
-    paper's effective 2e-6); on -> base_lr x global batch (2e-6 x 16 x 3 GPUs = 9.6e-5)."""
-    if not isinstance(scale_lr, bool):
-        raise ConfigError(f"train.params.scale_lr: must be true or false, got {scale_lr!r}")
-    return float(base_lr) * (int(batch_size) if scale_lr else 1)
-
-
-def _register_lr_resolver() -> None:
-    """``${ldm_lr:base_lr,scale_lr,batch_size}`` (the presets' ``train.lr``); effective_lr checks its own input."""
-    if OmegaConf.has_resolver("ldm_lr"):
-        return
-    register = getattr(OmegaConf, "register_resolver", None)  # OmegaConf >= 2.4
-    if register is not None:
-        register("ldm_lr", effective_lr, annotation_validation="off")
-    else:
-        OmegaConf.register_new_resolver("ldm_lr", effective_lr)
-
-
-_register_lr_resolver()
-
 
 class LatentEpsPrecond(EpsPrecond):
     """EpsPrecond on latents, plus ``decode(z)``: the VAE decoder applied to ``z / scale_factor``.

@@ -2,9 +2,8 @@
 
 Learning rate (SPEC 4's scaling question): latent-diffusion's ``main.py`` multiplies ``base_learning_rate`` by
 the global batch when ``scale_lr`` is on (2e-6 x 16 x 3 GPUs = 9.6e-5); the paper's run trained with it off, so
-the effective rate is 2e-6. Here ``train.params.scale_lr`` (default false) and ``train.params.base_lr`` are
-explicit and ``train.lr`` is derived from them (:func:`msrepro.backbones.ldm.effective_lr`); setting
-``train.lr`` directly overrides both.
+the effective rate is 2e-6. Here ``train.lr`` is the base rate and ``train.scale_lr`` (default false) the flag;
+the trainer applies it (:func:`msrepro.training.setup.effective_lr`).
 """
 
 from __future__ import annotations
@@ -18,13 +17,13 @@ NETWORK = {
     "vae": None,
 }
 #: T = 1000, betas linear in sqrt from 0.0015 to 0.0195 (LDM linear_start / linear_end)
+#: AdamW base lr 2e-6 with latent-diffusion's scale_lr off: the paper's effective rate (SPEC 4)
+LR_FULL = 2e-6
 SCHEDULE = {"name": "ddpm_discrete", "num_steps": 1000, "beta_start": 0.0015, "beta_end": 0.0195}
 #: LDM evaluation: DPM-Solver++ multistep order 2, 20 steps, time-uniform (LDM's DPMSolverSampler defaults)
 SAMPLER = {"order": 2, "steps": 20, "spacing": "time_uniform", "t_start": None, "t_end": None}
 #: 442 / 631 of the 1000 discrete steps
 STAGES = {"num_stages": 3, "boundaries": [442.0, 631.0], "boundaries_schedule": "ddpm_discrete"}
-#: lr = base_lr (scale_lr false, the paper's effective value) or base_lr x train.batch_size (scale_lr true)
-LR = "${ldm_lr:${train.params.base_lr},${train.params.scale_lr},${train.batch_size}}"
 
 FULL: dict[str, Any] = {
     "schedule": SCHEDULE,
@@ -33,10 +32,10 @@ FULL: dict[str, Any] = {
     "model": {"encoder_channels": 224, "decoder_channels": [256, 192, 128], "params": NETWORK},
     "stages": STAGES,
     # AdamW (torch default weight decay 0.01), no clipping, no warm-up, EMA 0.9999, batch 16 x 3 GPUs, 4.9e5 its
-    "train": {"steps": 490_000, "batch_size": 48, "optimizer": "adamw", "lr": LR, "weight_decay": 0.01,
+    "train": {"steps": 490_000, "batch_size": 48, "optimizer": "adamw", "lr": LR_FULL, "weight_decay": 0.01,
               "warmup_steps": 0, "grad_clip": None, "ema_decay": 0.9999, "ema_halflife_kimg": None,
               "stage_policy": "stage_uniform", "augment_p": 0.0, "checkpoint_every": 10_000, "log_every": 100,
-              "params": {"base_lr": 2e-6, "scale_lr": False}},
+              "scale_lr": False},
     "sample": {"sampler": "dpm_solver_pp", "params": SAMPLER, "num": 50_000, "batch_size": 100},
     "eval": {"metrics": ["fid"], "num_samples": 50_000},
 }
@@ -49,10 +48,10 @@ TINY: dict[str, Any] = {
     "dataset": {"name": "latents", "resolution": 8, "hflip": False},
     "model": {"encoder_channels": 32, "decoder_channels": [48, 32, 16], "params": TINY_NETWORK},
     "stages": STAGES,
-    "train": {"steps": 3000, "batch_size": 64, "optimizer": "adamw", "lr": LR, "weight_decay": 0.0,
+    "train": {"steps": 3000, "batch_size": 64, "optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.0,
               "warmup_steps": 100, "grad_clip": 1.0, "ema_decay": 0.999, "ema_halflife_kimg": None,
               "stage_policy": "stage_uniform", "augment_p": 0.0, "checkpoint_every": 500, "log_every": 50,
-              "params": {"base_lr": 5e-4, "scale_lr": False}},
+              "scale_lr": False},
     "sample": {"sampler": "dpm_solver_pp", "params": SAMPLER, "num": 1000, "batch_size": 250},
     "eval": {"metrics": ["fd_digits"], "num_samples": 1000},
 }
