@@ -89,6 +89,7 @@ class Trainer:
         self.stage_counts = [0] * self.num_stages
         self.last_metrics: dict[str, Any] = {}
         self._perm: dict[int, torch.Tensor] = {}
+        self.code_version = code_version()
 
     def _dataset(self):
         from msrepro.datasets import build_dataset
@@ -173,7 +174,7 @@ class Trainer:
     def save(self) -> Path:
         state = {"config": to_dict(self.cfg), "model": self.model.state_dict(),
                  "ema": self.ema.state_dict() if self.ema is not None else None,
-                 "optimizer": self.opt.state_dict(), "code_version": code_version(),
+                 "optimizer": self.opt.state_dict(), "code_version": self.code_version,
                  "extra": {"rng": rng_state(), "wall_s": self.wall_s, "images": self.images,
                            "stage_counts": list(self.stage_counts), "data_position": self.step *
                            self.cfg.train.batch_size, "early_stopping": self.es.state_dict() if self.es else None,
@@ -190,6 +191,11 @@ class Trainer:
         if found is None:
             return False
         path, state = found
+        from msrepro.checkpoint import checkpoint_config
+
+        if _comparable(checkpoint_config(state)) != _comparable(self.cfg):
+            raise ConfigError(f"{path} was written by a run with a different config; use another name=..., or "
+                              f"--fresh to start this run over")
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
