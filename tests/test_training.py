@@ -175,3 +175,49 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     last = latest_checkpoint(tmp_path / "term")
     assert last is not None and 0 < load_checkpoint(last)["step"] < 1000  # saved at a step boundary, off-schedule
     assert "preempted" in err
+
+
+def _ddp_worker(rank: int, tmp: str, port: int, policy: str) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    from msrepro.training import distributed as D
+    from msrepro.training.loop import Trainer, prepare_run_dir
+
+    cfg = cfg_for(Path(tmp), "ddp", *DDP_ARGS, f"train.stage_policy={policy}")
+    info = D.init_distributed("cpu")
+    prepare_run_dir(cfg, info)
+    tr = Trainer(cfg, info)
+    tr.run(progress=False)
+    torch.save(tr.model.state_dict(), Path(tmp) / f"rank{rank}.pt")  # each rank's live parameters
+    torch.distributed.destroy_process_group()
+
+
+DDP_ARGS = ["train.steps=6", "model.params.dropout=0.0", "train.checkpoint_every=3"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["stage_uniform", "per_sample"])
+def test_two_process_gloo_ddp_equals_one_process_with_the_same_global_batch(tmp_path, policy):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(str(tmp_path), port, policy), nprocs=2, join=True)
+    single = train(cfg_for(tmp_path, "single", *DDP_ARGS, f"train.stage_policy={policy}"), progress=False)
+    one = weights(single.checkpoint)
+    ddp = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    assert_same(ddp, weights(latest_checkpoint(tmp_path / "ddp")))  # rank 0 wrote the checkpoint
+    assert_same(ddp, torch.load(tmp_path / "rank1.pt", weights_only=True))
+    for k in one:
+        torch.testing.assert_close(ddp[k], one[k], rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(ddp[k], v) for k, v in build_initial(tmp_path).items())  # it did train
+
+
+def build_initial(tmp: Path) -> dict:
+    from msrepro.training.setup import build_model
+
+    return build_model(cfg_for(tmp, "init", *DDP_ARGS), torch.device("cpu")).state_dict()
