@@ -29,8 +29,9 @@ from msrepro.training.signals import Preempted, catch_preemption
 from msrepro.training.state import latest_checkpoint, load_latest, rng_state, save_and_prune, set_rng_state
 
 log = logging.getLogger(__name__)
-#: config keys that may differ when an existing run directory is resumed
-RESUMABLE_CHANGES = ("train.steps", "device", "output_dir")
+#: config keys that may differ when an existing run directory is resumed (they do not change what is trained)
+RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                     "train.heldout_every", "device", "output_dir", "sample", "eval", "cluster")
 
 
 @dataclass
