@@ -23,6 +23,7 @@ from msrepro.io import append_jsonl, atomic_write_text, code_version
 from msrepro.losses import denoising_loss
 from msrepro.training import distributed as D
 from msrepro.training import setup as S
+from msrepro.training.augment import augment
 from msrepro.training.ema import EMA, edm_decay, score_sde_decay
 from msrepro.training.heldout import heldout_losses, heldout_set
 from msrepro.training.signals import Preempted, catch_preemption
@@ -104,8 +105,8 @@ class Trainer:
                 S.seed_for(self.cfg.seed, "epoch", epoch)))}
         return self._perm[epoch]
 
-    def global_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """(x0, noise, StageBatch) of the whole global batch of ``step`` (identical on every rank)."""
+    def global_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, Any, dict]:
+        """(x0, noise, StageBatch, network conditioning) of the global batch of ``step`` (identical on every rank)."""
         n, size = len(self.dataset), self.cfg.train.batch_size
         torch.manual_seed(S.seed_for(self.cfg.seed, "data", step))  # the dataset's own flips
         x0 = torch.stack([self.dataset[int(self.permutation(i // n)[i % n])]
@@ -113,11 +114,15 @@ class Trainer:
         g = torch.Generator().manual_seed(S.seed_for(self.cfg.seed, "noise", step))
         active = self.es.active() if self.es is not None else None
         sb = self.policy.draw(size, g, g, active)
-        return x0, torch.randn(x0.shape, generator=g), sb
+        noise = torch.randn(x0.shape, generator=g)
+        cond = {}
+        if self.cfg.train.augment_p > 0:  # EDM's non-leaky augmentation, labels to the network
+            x0, cond["augment_labels"] = augment(x0, self.cfg.train.augment_p, g)
+        return x0, noise, sb, cond
 
     # -- one step ----------------------------------------------------------------------------------------
     def train_step(self, step: int) -> float:
-        x0, noise, sb = self.global_batch(step)
+        x0, noise, sb, cond = self.global_batch(step)
         per = self.cfg.train.batch_size // self.info.world_size
         sl = slice(self.info.rank * per, (self.info.rank + 1) * per)
         torch.manual_seed(S.seed_for(self.cfg.seed, "dropout", step, self.info.rank))
@@ -127,7 +132,7 @@ class Trainer:
         dev = self.device
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"):
             loss = denoising_loss(self.model, x0[sl].to(dev), sb.sigma[sl].float().to(dev), noise[sl].to(dev),
-                                  stage=sb.stage[sl].to(dev)).mean()
+                                  stage=sb.stage[sl].to(dev), **{k: v[sl].to(dev) for k, v in cond.items()}).mean()
         loss.backward()
         D.average_gradients(self.params, self.info)
         if self.cfg.train.grad_clip:
