@@ -341,3 +341,23 @@ def test_run_config_validation_checks_eval_section():
     with pytest.raises(ConfigError, match="kid_subsets"):
         load_config([], ["eval.params.kid_subset=3"])
     assert list(load_config([], ["eval.metrics=[kid,prc]"]).eval.metrics) == ["kid", "prc"]
+
+
+def test_prefetch_inception_writes_where_the_lookup_finds_it(monkeypatch, cache):
+    from msrepro.evaluation import inception
+    from msrepro.prefetch import prefetch
+
+    def fake_download(url, dst, **kw):
+        assert url.endswith(inception.FILENAME)
+        Path(dst).write_bytes(b"weights")
+
+    monkeypatch.setattr("torch.hub.download_url_to_file", fake_download)
+    with pytest.raises(inception.InceptionWeightsMissing):
+        inception.require_weights()
+    path = prefetch("inception")
+    assert path == inception.hub_path() and str(cache / "torch") in str(path)
+    assert inception.require_weights() == path
+    monkeypatch.setenv(inception.ENV, str(cache / "elsewhere.pth"))
+    with pytest.raises(inception.InceptionWeightsMissing, match="elsewhere.pth"):
+        inception.require_weights()
+    path.unlink()
