@@ -138,12 +138,12 @@ def test_full_preset_carries_the_paper_settings_and_lr_scaling_is_explicit():
     assert list(cfg.stages.boundaries) == [442.0, 631.0] and cfg.stages.boundaries_schedule == "ddpm_discrete"
     assert (cfg.train.optimizer, cfg.train.ema_decay, cfg.train.batch_size) == ("adamw", 0.9999, 48)
     assert cfg.sample.sampler == "dpm_solver_pp" and (cfg.sample.params.order, cfg.sample.params.steps) == (2, 20)
-    assert cfg.train.lr == 2e-6 and cfg.train.params.scale_lr is False  # SPEC 4: 2e-6, lr scaling off
-    assert config(extra=["train.params.scale_lr=true"]).train.lr == pytest.approx(2e-6 * 48)
-    assert config(extra=["train.params.scale_lr=true", "train.batch_size=16"]).train.lr == pytest.approx(3.2e-5)
+    assert cfg.train.lr == 2e-6 and cfg.model.params.scale_lr is False  # SPEC 4: 2e-6, lr scaling off
+    assert config(extra=["model.params.scale_lr=true"]).train.lr == pytest.approx(2e-6 * 48)
+    assert config(extra=["model.params.scale_lr=true", "train.batch_size=16"]).train.lr == pytest.approx(3.2e-5)
     assert config(extra=["train.lr=1e-4"]).train.lr == 1e-4
     with pytest.raises(Exception, match="scale_lr"):
-        OmegaConf.to_container(config(extra=["train.params.scale_lr=maybe"]).train, resolve=True)
+        config(extra=["model.params.scale_lr=maybe"]).train.lr
 
 
 @pytest.mark.parametrize("override,key", [

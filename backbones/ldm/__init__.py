@@ -30,7 +30,7 @@ def effective_lr(base_lr: float, scale_lr: bool, batch_size: int) -> float:
     """SPEC 4's learning-rate question, as latent-diffusion's ``main.py`` flag ``scale_lr``: off -> base_lr (the
     paper's effective 2e-6); on -> base_lr x global batch (2e-6 x 16 x 3 GPUs = 9.6e-5)."""
     if not isinstance(scale_lr, bool):
-        raise ConfigError(f"train.params.scale_lr: must be true or false, got {scale_lr!r}")
+        raise ConfigError(f"model.params.scale_lr: must be true or false, got {scale_lr!r}")
     return float(base_lr) * (int(batch_size) if scale_lr else 1)
 
 

@@ -2,7 +2,7 @@
 
 Learning rate (SPEC 4's scaling question): latent-diffusion's ``main.py`` multiplies ``base_learning_rate`` by
 the global batch when ``scale_lr`` is on (2e-6 x 16 x 3 GPUs = 9.6e-5); the paper's run trained with it off, so
-the effective rate is 2e-6. Here ``train.params.scale_lr`` (default false) and ``train.params.base_lr`` are
+the effective rate is 2e-6. Here ``model.params.scale_lr`` (default false) and ``model.params.base_lr`` are
 explicit and ``train.lr`` is derived from them (:func:`msrepro.backbones.ldm.effective_lr`); setting
 ``train.lr`` directly overrides both.
 """
@@ -15,7 +15,7 @@ from typing import Any
 NETWORK = {
     "channel_mult": [1, 2, 3, 4], "num_res_blocks": 2, "attention_ds": [8, 4, 2], "num_head_channels": 32,
     "time_embed_mult": 4, "dropout": 0.0, "norm_groups": 32, "ldm_decoder_attention": "all", "latent_channels": 3,
-    "vae": None,
+    "vae": None, "base_lr": 2e-6, "scale_lr": False,
 }
 #: T = 1000, betas linear in sqrt from 0.0015 to 0.0195 (LDM linear_start / linear_end)
 SCHEDULE = {"name": "ddpm_discrete", "num_steps": 1000, "beta_start": 0.0015, "beta_end": 0.0195}
@@ -24,7 +24,7 @@ SAMPLER = {"order": 2, "steps": 20, "spacing": "time_uniform", "t_start": None, 
 #: 442 / 631 of the 1000 discrete steps
 STAGES = {"num_stages": 3, "boundaries": [442.0, 631.0], "boundaries_schedule": "ddpm_discrete"}
 #: lr = base_lr (scale_lr false, the paper's effective value) or base_lr x train.batch_size (scale_lr true)
-LR = "${ldm_lr:${train.params.base_lr},${train.params.scale_lr},${train.batch_size}}"
+LR = "${ldm_lr:${model.params.base_lr},${model.params.scale_lr},${train.batch_size}}"
 
 FULL: dict[str, Any] = {
     "schedule": SCHEDULE,
@@ -35,14 +35,14 @@ FULL: dict[str, Any] = {
     # AdamW (torch default weight decay 0.01), no clipping, no warm-up, EMA 0.9999, batch 16 x 3 GPUs, 4.9e5 its
     "train": {"steps": 490_000, "batch_size": 48, "optimizer": "adamw", "lr": LR, "weight_decay": 0.01,
               "warmup_steps": 0, "grad_clip": None, "ema_decay": 0.9999, "ema_halflife_kimg": None,
-              "stage_policy": "stage_uniform", "augment_p": 0.0, "checkpoint_every": 10_000, "log_every": 100,
-              "params": {"base_lr": 2e-6, "scale_lr": False}},
+              "stage_policy": "stage_uniform", "augment_p": 0.0, "checkpoint_every": 10_000, "log_every": 100},
     "sample": {"sampler": "dpm_solver_pp", "params": SAMPLER, "num": 50_000, "batch_size": 100},
     "eval": {"metrics": ["fid"], "num_samples": 50_000},
 }
 
 #: digits at 16 px through the tiny VAE (factor 2): 8 x 8 x 3 latents
-TINY_NETWORK = {**NETWORK, "channel_mult": [1, 2], "attention_ds": [2], "num_head_channels": 16, "norm_groups": 8}
+TINY_NETWORK = {**NETWORK, "channel_mult": [1, 2], "attention_ds": [2], "num_head_channels": 16, "norm_groups": 8,
+                "base_lr": 5e-4}
 
 TINY: dict[str, Any] = {
     "schedule": SCHEDULE,
@@ -51,8 +51,7 @@ TINY: dict[str, Any] = {
     "stages": STAGES,
     "train": {"steps": 3000, "batch_size": 64, "optimizer": "adamw", "lr": LR, "weight_decay": 0.0,
               "warmup_steps": 100, "grad_clip": 1.0, "ema_decay": 0.999, "ema_halflife_kimg": None,
-              "stage_policy": "stage_uniform", "augment_p": 0.0, "checkpoint_every": 500, "log_every": 50,
-              "params": {"base_lr": 5e-4, "scale_lr": False}},
+              "stage_policy": "stage_uniform", "augment_p": 0.0, "checkpoint_every": 500, "log_every": 50},
     "sample": {"sampler": "dpm_solver_pp", "params": SAMPLER, "num": 1000, "batch_size": 250},
     "eval": {"metrics": ["fd_digits"], "num_samples": 1000},
 }

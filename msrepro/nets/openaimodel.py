@@ -48,6 +48,8 @@ class OpenAIUNetParams:
     max_period: float = 10000.0          # timestep embedding base
     ldm_decoder_attention: str = "all"   # all (every decoder has attention) or first_only (official multistage bug)
     latent_channels: int = 3             # channels of the latents the network denoises (VAE z channels)
+    base_lr: float = 2e-6                # LDM base_learning_rate; train.lr of the presets derives from it
+    scale_lr: bool = False               # latent-diffusion main.py scale_lr: lr = base_lr x global batch (SPEC 4)
     vae: Optional[str] = None            # VAE checkpoint (msrepro train-vae) used by .decode(); None = no decoding
 
 
