@@ -75,15 +75,17 @@ class TrainConfig:
     grad_clip: Optional[float] = 1.0
     ema_decay: Optional[float] = 0.9999   # score_sde-style EMA (with ramp); null to use ema_halflife_kimg
     ema_halflife_kimg: Optional[float] = None  # EDM-style EMA half-life in thousands of images
-    stage_policy: str = "per_sample"  # stage_uniform, native, per_sample
-    loss: Dict[str, Any] = field(default_factory=dict)  # loss options (density, weighting, ...)
+    stage_policy: str = "per_sample"  # stage_uniform, native, per_sample (registered STAGE_POLICIES)
+    loss: Dict[str, Any] = field(default_factory=dict)  # noise density: {density: lognormal, P_mean: -1.2, ...}
     augment_p: float = 0.0            # EDM non-leaky augmentation probability
     precision: str = "fp32"           # fp32 or bf16 (autocast, GPU)
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 50
-    early_stopping: Dict[str, Any] = field(default_factory=dict)
-    params: Dict[str, Any] = field(default_factory=dict)
+    early_stopping: Dict[str, Any] = field(default_factory=dict)  # per stage: {patience: 5, min_delta: 0.0}
+    heldout_size: int = 256           # images of the held-out split used for the held-out denoising loss
+    heldout_every: Optional[int] = None  # steps between held-out evaluations (default: checkpoint_every)
+    params: Dict[str, Any] = field(default_factory=dict)  # stage policy options (per_sample: stage_weights)
 
 
 @dataclass

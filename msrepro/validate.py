@@ -96,6 +96,9 @@ def validate_run_config(cfg: DictConfig) -> None:
     check_params(sampler, cfg.sample.params, "sample.params")
     sampler(**cfg.sample.params)  # the sampler's own value checks (spacing, order, ...): ConfigError
     _registered(STAGE_POLICIES, cfg.train.stage_policy, "train.stage_policy")
+    from msrepro.training.setup import check_train_options
+
+    check_train_options(cfg)  # noise density (train.loss), policy options (train.params), early stopping
 
     validate_stages(cfg)
     adapter = backbone() if isinstance(backbone, type) else backbone

@@ -45,7 +45,7 @@ SMOKE: dict[str, Any] = {
     "model": {"encoder_channels": 16, "decoder_channels": [24, 16, 8],
               "params": {**NETWORK, "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [8]}},
     "train": {**TINY["train"], "steps": 20, "batch_size": 16, "warmup_steps": 0, "checkpoint_every": 10,
-              "log_every": 5},
+              "log_every": 5, "heldout_size": 32},
     "sample": {"sampler": "dpm_solver", "params": {**SAMPLER, "nfe": 10}, "num": 16, "batch_size": 16},
     "eval": {"metrics": ["fd_digits"], "num_samples": 64},
 }

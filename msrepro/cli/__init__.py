@@ -13,9 +13,13 @@ COMMANDS: tuple[str, ...] = (
     "msrepro.cli.list_cmd",
     "msrepro.cli.config_cmd",
     "msrepro.cli.prefetch_cmd",
+    "msrepro.cli.train_cmd",
     "msrepro.cli.sample_cmd",
     "msrepro.cli.cluster_cmd",
     "msrepro.cli.flops_cmd",
+    "msrepro.cli.evaluate_cmd",
+    "msrepro.cli.evaluate_run_cmd",
+    "msrepro.cli.refstats_cmd",
     "msrepro.cli.train_vae_cmd",
     "msrepro.cli.encode_latents_cmd",
 )

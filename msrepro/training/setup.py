@@ -1,0 +1,93 @@
+"""Building the pieces of a training run from its config: device, model, optimizer, density, policy, data."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from msrepro.config import ConfigError
+from msrepro.models import build_denoiser, get_backbone
+from msrepro.precond import Preconditioning
+from msrepro.training.densities import NoiseDensity, build_density
+from msrepro.training.distributed import DistInfo
+from msrepro.training.early_stopping import build_early_stopping
+from msrepro.training.policies import StagePolicy, build_policy
+
+
+def seed_for(*parts: Any) -> int:
+    """A 63-bit seed from a tuple (run seed, purpose, step, ...): independent streams, stable across runs."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def pick_device(name: str, info: DistInfo) -> torch.device:
+    if name in (None, "auto"):
+        name = f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu"
+    elif name == "cuda" and info.enabled:
+        name = f"cuda:{info.local_rank}"
+    return torch.device(name)
+
+
+def build_model(cfg: DictConfig, device: torch.device) -> Preconditioning:
+    """The denoiser, initialised from ``cfg.seed`` (same weights on every rank)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(cfg.seed, "init"))
+        model = build_denoiser(cfg)
+    return model.to(device).train()
+
+
+def build_optimizer(cfg: DictConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.train.optimizer]
+    return cls(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def learning_rate(cfg: DictConfig, step: int) -> float:
+    """Linear warm-up over ``warmup_steps`` (score_sde / EDM ramp-up), then constant."""
+    warm = cfg.train.warmup_steps
+    return cfg.train.lr * (min(1.0, (step + 1) / warm) if warm else 1.0)
+
+
+def noise_setup(cfg: DictConfig, model: Preconditioning) -> tuple[NoiseDensity, StagePolicy]:
+    """The run's noise density (``train.loss``) and stage policy (``train.stage_policy``, ``train.params``)."""
+    param = get_backbone(cfg.model.backbone).parameterization
+    density = build_density(cfg.train.loss, model.schedule, param)
+    return density, build_policy(cfg.train.stage_policy, cfg.train.params, density, model.boundaries)
+
+
+def check_train_options(cfg: DictConfig) -> None:
+    """``train.loss`` (density and options), ``train.stage_policy`` + ``train.params``, ``train.early_stopping``:
+    checked without reading any file (stage boundaries may come from a clusterer result that does not exist yet)."""
+    from msrepro.models import resolve_schedule
+
+    sched = resolve_schedule(cfg)
+    density = build_density(cfg.train.loss, sched, get_backbone(cfg.model.backbone).parameterization)
+    build_policy(cfg.train.stage_policy, cfg.train.params, density, None)
+    k = 1 if cfg.model.variant == "unified" else cfg.stages.num_stages
+    build_early_stopping(cfg.train.early_stopping, k, cfg.model.variant)
+    if cfg.train.ema_decay is not None and not 0 <= cfg.train.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay: must be in [0, 1), got {cfg.train.ema_decay}")
+
+
+def check_training(cfg: DictConfig, world_size: int = 1) -> None:
+    """What training itself needs on top of :func:`check_train_options`: batch split, augmentation."""
+    check_train_options(cfg)
+    if cfg.train.batch_size % world_size:
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} does not split over {world_size} processes")
+    if cfg.train.augment_p > 0:
+        raise ConfigError(f"train.augment_p: EDM's non-leaky augmentation is not implemented yet; set "
+                          f"train.augment_p=0 (got {cfg.train.augment_p})")
+
+
+def heldout_images(cfg: DictConfig) -> torch.Tensor:
+    """The fixed held-out images: the dataset's test split (first ``heldout_size``), else the train split's."""
+    from msrepro.datasets import build_dataset
+
+    size = int(cfg.train.heldout_size)
+    try:
+        ds = build_dataset({**dict(cfg.dataset), "split": "test", "hflip": False, "limit": size})
+    except (ConfigError, FileNotFoundError, ValueError):
+        ds = build_dataset({**dict(cfg.dataset), "hflip": False, "limit": size})
+    return ds.tensor()[:size].float()
