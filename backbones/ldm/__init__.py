@@ -114,6 +114,14 @@ class LDMBackbone(Backbone):
         p = check_params(self, cfg.model.params, "model.params")
         return int(p.latent_channels), int(cfg.dataset.resolution)
 
+    def image_dataset(self, cfg: DictConfig) -> DictConfig:
+        """Decoded samples are compared with the images the latent cache was encoded from."""
+        if cfg.dataset.name != "latents":
+            return cfg.dataset
+        from msrepro.vae.latents import source_dataset_config
+
+        return source_dataset_config(cfg.dataset)
+
     def validate(self, cfg: DictConfig) -> None:
         """Schedule, options, resolution and widths (GroupNorm groups, attention heads) agree; errors name the key."""
         from msrepro.config import check_params
