@@ -135,6 +135,8 @@ def test_latent_cache_and_dataset(smoke_vae):
         build_dataset({"name": "latents", "root": str(cache), "resolution": 16})
     with pytest.raises(ConfigError, match="hflip"):
         build_dataset({"name": "latents", "root": str(cache), "resolution": 8, "hflip": True})
+    with pytest.raises(ConfigError, match="dataset.split=test"):
+        build_dataset({"name": "latents", "root": str(cache), "resolution": 8, "split": "test"})
     with pytest.raises(FileNotFoundError, match="encode-latents"):
         build_dataset({"name": "latents", "root": str(cache) + ".missing", "resolution": 8})
 

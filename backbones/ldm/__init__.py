@@ -66,8 +66,13 @@ class LatentEpsPrecond(EpsPrecond):
             if not self.vae_path:
                 raise ConfigError("model.params.vae: not set; decoding LDM latents needs the VAE checkpoint written "
                                   "by `msrepro train-vae` (the one `msrepro encode-latents` used)")
+            from pathlib import Path
+
             from msrepro.vae import load_vae
 
+            if not Path(self.vae_path).is_file():
+                raise FileNotFoundError(f"model.params.vae: VAE checkpoint not found: {self.vae_path} (a relative path "
+                                        f"is read from the current directory; give an absolute one)")
             self._vae.append(load_vae(self.vae_path).eval().requires_grad_(False))
         return self._vae[0]
 
