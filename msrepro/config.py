@@ -69,7 +69,8 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 64
     optimizer: str = "adam"           # adam or adamw
-    lr: float = 2e-4
+    lr: float = 2e-4                  # base learning rate (see scale_lr)
+    scale_lr: bool = False            # latent-diffusion's flag: effective lr = lr x batch_size (SPEC 4)
     weight_decay: float = 0.0
     warmup_steps: int = 0
     grad_clip: Optional[float] = 1.0

@@ -145,10 +145,14 @@ def generate(denoiser: Any, sample_cfg: Mapping[str, Any] | Any, shape: Sequence
 
 
 # -- writers ----------------------------------------------------------------------------------------------------
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images [B, C, H, W] -> uint8 [B, C, H, W] on the same device (round to nearest): what PNGs hold."""
+    return (images.detach().float() * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[-1, 1] images [B, C, H, W] -> uint8 [B, H, W, C] (round to nearest)."""
-    x = (images.detach().float().cpu() * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
+    return quantize(images).cpu().permute(0, 2, 3, 1).numpy()
 
 
 def _png_bytes(array: np.ndarray) -> bytes:

@@ -41,13 +41,19 @@ def build_model(cfg: DictConfig, device: torch.device) -> Preconditioning:
 
 def build_optimizer(cfg: DictConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.train.optimizer]
-    return cls(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    return cls(params, lr=effective_lr(cfg), weight_decay=cfg.train.weight_decay)
+
+
+def effective_lr(cfg: DictConfig) -> float:
+    """``train.lr``, times the global batch size when ``train.scale_lr`` (latent-diffusion's ``main.py`` flag; the
+    paper's LDM run had it off, so its effective rate is the base 2e-6, SPEC 4)."""
+    return float(cfg.train.lr) * (int(cfg.train.batch_size) if cfg.train.scale_lr else 1)
 
 
 def learning_rate(cfg: DictConfig, step: int) -> float:
-    """Linear warm-up over ``warmup_steps`` (score_sde / EDM ramp-up), then constant."""
+    """Linear warm-up over ``warmup_steps`` (score_sde / EDM ramp-up), then constant at ``effective_lr``."""
     warm = cfg.train.warmup_steps
-    return cfg.train.lr * (min(1.0, (step + 1) / warm) if warm else 1.0)
+    return effective_lr(cfg) * (min(1.0, (step + 1) / warm) if warm else 1.0)
 
 
 def noise_setup(cfg: DictConfig, model: Preconditioning) -> tuple[NoiseDensity, StagePolicy]:

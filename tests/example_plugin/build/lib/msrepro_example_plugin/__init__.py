@@ -1,0 +1,1 @@
+"""An outside package that adds a clusterer to msrepro without editing it (see README, "Extending")."""
