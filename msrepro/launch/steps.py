@@ -45,11 +45,35 @@ def _upstream(run_dir: Path, spec: dict[str, Any], kind: str) -> dict[str, Any] 
     return _done(run_dir, ids[0]) if ids else None
 
 
+def run_vae(run_dir: Path, spec: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """VAE step (latent diffusion): train the autoencoder (``msrepro train-vae``), encode its dataset once
+    (``msrepro encode-latents``); LDM cells then train on the latent cache and decode with this VAE."""
+    from msrepro.vae.config import load_vae_config
+    from msrepro.vae.latents import encode_latents
+    from msrepro.vae.train import train_vae
+
+    d = step_dir(run_dir, spec["id"])
+    cfg = OmegaConf.merge(load_vae_config(overrides=[f"preset={spec['config']['preset']}"]), spec["config"],
+                          {"output_dir": str(d), "name": "vae"})
+    result = train_vae(cfg, progress=progress)
+    latents = encode_latents(result.checkpoint, cfg.dataset, d / "latents.pt", progress=progress)
+    return {"checkpoint": str(result.checkpoint), "latents": str(latents), "metrics": dict(result.metrics)}
+
+
+def _with_latents(run_dir: Path, spec: dict[str, Any], cfg: DictConfig) -> DictConfig:
+    """Point a latent-diffusion config at its VAE step's latent cache and checkpoint."""
+    vae = _upstream(run_dir, spec, "vae")
+    if vae is not None:
+        cfg.dataset.root = vae["latents"]
+        cfg.model.params.vae = vae["checkpoint"]
+    return cfg
+
+
 def run_cluster(run_dir: Path, spec: dict[str, Any], progress: bool) -> dict[str, Any]:
     """Cluster step: the row's clusterer on its data (or the unified model's checkpoints) -> cut points."""
     from msrepro.clustering import fit_from_config
 
-    cfg = _config(spec)
+    cfg = _with_latents(run_dir, spec, _config(spec))
     model = _upstream(run_dir, spec, "train")
     checkpoints = sorted(Path(model["run_dir"], "checkpoints").glob("ckpt-*.pt")) if model else []
     out = step_dir(run_dir, spec["id"]) / "cluster"
@@ -59,7 +83,7 @@ def run_cluster(run_dir: Path, spec: dict[str, Any], progress: bool) -> dict[str
 
 
 def train_config(run_dir: Path, spec: dict[str, Any]) -> DictConfig:
-    cfg = _config(spec)
+    cfg = _with_latents(run_dir, spec, _config(spec))
     cluster = _upstream(run_dir, spec, "cluster")
     if cluster is not None:
         cfg.stages.from_result = cluster["result"]
@@ -113,7 +137,7 @@ def run_evaluate(run_dir: Path, spec: dict[str, Any], progress: bool) -> dict[st
     cfg = _config(spec)
     train = _upstream(run_dir, spec, "train")
     train_spec = read_json(step_dir(run_dir, spec["train"]) / SPEC) or {}
-    cluster = _done(run_dir, train_spec["deps"][0]) if train_spec.get("deps") else None
+    cluster = _upstream(run_dir, train_spec, "cluster")
     import inspect
 
     checkpoint = Path(train["checkpoint"])
@@ -145,7 +169,7 @@ def run_evaluate(run_dir: Path, spec: dict[str, Any], progress: bool) -> dict[st
 
 
 STEPS: dict[str, Callable[[Path, dict[str, Any], bool], dict[str, Any]]] = {
-    "cluster": run_cluster, "train": run_train, "evaluate": run_evaluate}
+    "vae": run_vae, "cluster": run_cluster, "train": run_train, "evaluate": run_evaluate}
 
 
 def _is_preempted(exc: BaseException) -> bool:
@@ -279,6 +303,14 @@ class StepJob(submitit.helpers.Checkpointable):
         self.max_requeues = max_requeues
 
     def __call__(self, step_id: str) -> dict[str, Any]:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+        if cpus:
+            import torch
+
+            torch.set_num_threads(int(cpus))
         try:
             return run_step(self.run_dir, step_id)
         except BaseException as exc:
