@@ -76,6 +76,12 @@ def run_cluster(run_dir: Path, spec: dict[str, Any], progress: bool) -> dict[str
     cfg = _with_latents(run_dir, spec, _config(spec))
     model = _upstream(run_dir, spec, "train")
     checkpoints = sorted(Path(model["run_dir"], "checkpoints").glob("ckpt-*.pt")) if model else []
+    if model:  # the clusterer differentiates the unified model, so it builds that network (k cut points still)
+        from msrepro.launch.graph import unified_reference
+
+        k = cfg.stages.num_stages
+        cfg = unified_reference(cfg)
+        cfg.stages.num_stages = k
     out = step_dir(run_dir, spec["id"]) / "cluster"
     result = fit_from_config(cfg, checkpoints=[str(c) for c in checkpoints], out_dir=out, progress=progress)
     return {"clusterer": result.clusterer, "boundaries": result.boundaries, "log_snr": result.log_snr,
