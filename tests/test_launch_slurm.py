@@ -46,9 +46,12 @@ def cluster():
         pytest.skip("SLURM NOT TESTED: sbatch is installed but no controller answers (run slurm/start_cluster.sh)")
 
 
-def _table(tmp_path: Path, smoke: str = "") -> Path:
+def _table(tmp_path: Path, smoke: str = "{}", only_unified: bool = False) -> Path:
     path = tmp_path / "mini.yaml"
-    path.write_text(ROWS.replace("{SMOKE}", smoke))
+    text = ROWS.replace("{SMOKE}", smoke)
+    if only_unified:
+        text = text[:text.index("  - {id: timestep")]
+    path.write_text(text)
     return path
 
 
@@ -101,7 +104,7 @@ def test_smoke_grid_through_sbatch(cluster, tmp_path, capsys):
 
 
 def test_preempted_training_is_requeued_and_resumes(cluster, tmp_path):
-    table = _table(tmp_path, "train: {steps: 80, checkpoint_every: 10, log_every: 10}")
+    table = _table(tmp_path, "{train: {steps: 80, checkpoint_every: 10, log_every: 10}}", only_unified=True)
     root = tmp_path / "runs"
     assert main(["submit", str(table), "--preset", "smoke", "--executor", "slurm", "--profile", "local",
                  "--root", str(root), "--run", "pre"]) == 0
