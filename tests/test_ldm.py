@@ -56,6 +56,20 @@ def test_unified_without_attention_projections_is_the_paper_table2_figure():
     assert close((enc.macs + dec.macs) / 1e9, 88.39)
 
 
+def test_paper_table2_multistage_figure_is_nfe_weighted_without_attention_projections():
+    """Paper Table 2 (LDM multistage 76.19 GFLOPs): parity mode, conv1d projections left out as above, weighted by
+    DPM-Solver++ 2M's 20 steps per stage (8 / 4 / 8)."""
+    cfg = config("multistage", extra=["model.params.ldm_decoder_attention=first_only"])
+    with torch.device("meta"):
+        net = build_net(cfg)
+    x, c = torch.zeros(1, 3, 64, 64, device="meta"), torch.zeros(1, device="meta")
+    feats, enc = forward_cost(net.encoders[0], x, c, skip_tags=(TAG_LDM_ATTENTION,))
+    gmacs = [(enc.macs + forward_cost(d, feats, skip_tags=(TAG_LDM_ATTENTION,))[1].macs) / 1e9 for d in net.decoders]
+    nfe = full("multistage", "first_only")["nfe_per_stage"]
+    assert nfe == [8, 4, 8]
+    assert close(sum(n * g for n, g in zip(nfe, gmacs)) / sum(nfe), 76.19)
+
+
 def test_multistage_parity_mode_first_only():
     acc = full("multistage", "first_only")
     assert all(close(o, p) for o, p in zip(acc["gmacs"], [114.8, 76.1, 51.3], strict=True)), acc["gmacs"]
