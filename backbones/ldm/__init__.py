@@ -26,6 +26,7 @@ from msrepro.precond import EpsPrecond, Preconditioning
 from msrepro.registry import BACKBONES
 from msrepro.schedules import NoiseSchedule
 
+
 class LatentEpsPrecond(EpsPrecond):
     """EpsPrecond on latents, plus ``decode(z)``: the VAE decoder applied to ``z / scale_factor``.
 
