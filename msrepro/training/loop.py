@@ -77,6 +77,8 @@ class Trainer:
     def __init__(self, cfg: DictConfig, info: D.DistInfo) -> None:
         self.cfg, self.info = cfg, info
         self.device = S.pick_device(cfg.device, info)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         self.run_dir = run_dir_of(cfg)
         self.model = S.build_model(cfg, self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -157,7 +159,7 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Held-out losses of the raw (and EMA) weights; feeds early stopping; appended to metrics.jsonl."""
         bs, dev = max(64, self.cfg.train.batch_size), self.device
-        raw = heldout_losses(self.model, self.heldout, bs, dev)
+        raw = D.mean_over_ranks(heldout_losses(self.model, self.heldout, bs, dev), self.info, dev)
         rec: dict[str, Any] = {"kind": "heldout", "step": self.step, "heldout_loss": raw["all"],
                                "heldout_loss_stage": [raw[f"stage{k}"] for k in range(self.num_stages)]
                                if self.num_stages > 1 else [raw["all"]]}
