@@ -79,6 +79,24 @@ def submit(tables: list[str] | tuple[str, ...], preset: str, *, executor: str | 
     return report
 
 
+def _array_plan(graph: JobGraph, executor: str, profile: Profile) -> list[str]:
+    """How SLURM would receive the graph: one sbatch (array or single job) per group, with its dependencies."""
+    from msrepro.launch.state import StepState
+    from msrepro.launch.submit import plan_groups
+
+    if executor != "slurm":
+        return [f"{executor}: steps run when their dependencies are done (no sbatch)", ""]
+    states = {s: StepState(s, "missing") for s in graph.steps}
+    out = ["sbatch submissions (arrays group steps of one kind, depth and upstream jobs):"]
+    for i, g in enumerate(plan_groups(graph, set(graph.steps), states)):
+        n = len(g.steps)
+        arrays = -(-n // profile.max_array_size)
+        what = f"array of {n}" + (f" (split into {arrays})" if arrays > 1 else "") if n > 1 else "single job"
+        after = ", ".join(d[5:] for d in g.deps) or "-"
+        out.append(f"  {i:2d}. {g.kind:8s} {what:14s} afterok: {after}")
+    return out + [""]
+
+
 def dry_run_text(graph: JobGraph, executor: str, profile: Profile) -> str:
     """The job graph as text: every cell once, its rows, each step's resources, dependencies and estimated cost."""
     from tabulate import tabulate
@@ -107,6 +125,7 @@ def dry_run_text(graph: JobGraph, executor: str, profile: Profile) -> str:
               f"{c.config.sample.sampler}"] for c in graph.cells.values()]
     lines += [tabulate(cells, headers=["cell", "rows", "backbone", "variant", "clusterer", "iterations", "sampler"]),
               ""]
+    lines += _array_plan(graph, executor, profile)
     for ref, e in graph.rows.items():
         if e.status != "cell":
             lines.append(f"{ref}: {e.status} ({e.reason})")

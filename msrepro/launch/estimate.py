@@ -53,6 +53,8 @@ def forward_flops(acc: dict[str, Any], weighting: str = "length") -> float:
 
 def step_flops(step: Step) -> float | None:
     cfg = step.config
+    if step.kind == "vae":
+        return None  # the autoencoder's cost is not counted by msrepro.flops
     acc = model_accounting(cfg)
     if step.kind == "train":
         return None if acc is None else cfg.train.steps * cfg.train.batch_size * 3 * forward_flops(acc)

@@ -49,6 +49,7 @@ class Row:
     backbone: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    vae: dict[str, dict[str, Any]] = field(default_factory=dict)  # latent rows: VAE run overrides per preset
 
     @property
     def ref(self) -> str:
@@ -86,7 +87,7 @@ def _parse_table(data: dict[str, Any], where: str) -> Table:
         cols.append(col)
     rows, seen = [], set()
     for r in data["rows"]:
-        unknown = set(r) - {"id", "label", "paper", "quoted", "backbone", "config", "presets"}
+        unknown = set(r) - {"id", "label", "paper", "quoted", "backbone", "config", "presets", "vae"}
         if unknown:
             raise ConfigError(f"{where}: row {r.get('id')}: unknown keys {sorted(unknown)}")
         row = Row(table=name, **r)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from msrepro.config import ConfigError, to_dict
 from msrepro.launch.experiments import Row, Table, check_preset, row_config
 
-KINDS: tuple[str, ...] = ("cluster", "train", "evaluate")
+KINDS: tuple[str, ...] = ("vae", "cluster", "train", "evaluate")
 #: run-config keys that never change what a step computes (where it writes, which device it picks)
 _NEUTRAL = ("name", "output_dir", "device")
 #: clusterers that read a trained unified model (their checkpoints) instead of data alone
@@ -68,14 +68,20 @@ def unified_reference(cfg: DictConfig) -> DictConfig:
     return ref
 
 
-def cluster_key(cfg: DictConfig, model_key: str | None) -> str:
+def needs_latents(cfg: DictConfig) -> bool:
+    """Latent-diffusion cells without a latent cache get one from a ``vae`` step (train the VAE, encode)."""
+    return cfg.dataset.name == "latents" and not cfg.dataset.root
+
+
+def cluster_key(cfg: DictConfig, model_key: str | None, vae: str | None = None) -> str:
     return config_hash({"dataset": to_dict(cfg.dataset), "schedule": to_dict(cfg.schedule),
                         "cluster": to_dict(cfg.cluster), "k": int(cfg.stages.num_stages), "seed": cfg.seed,
-                        "model": model_key})
+                        "model": model_key, **({"vae": vae} if vae else {})})
 
 
-def train_key(cfg: DictConfig, cluster: str | None) -> str:
-    return config_hash({"config": _without(cfg, "sample", "eval", "cluster"), "cluster": cluster})
+def train_key(cfg: DictConfig, cluster: str | None, vae: str | None = None) -> str:
+    return config_hash({"config": _without(cfg, "sample", "eval", "cluster"), "cluster": cluster,
+                        **({"vae": vae} if vae else {})})
 
 
 @dataclass
@@ -144,28 +150,33 @@ class JobGraph:
                 "steps": {s.id: {"kind": s.kind, "deps": s.deps, "cells": s.cells} for s in self.steps.values()}}
 
 
-def _add_train(graph: JobGraph, cfg: DictConfig, cluster: Step | None, cell: str | None) -> Step:
-    key = train_key(cfg, cluster.key if cluster else None)
-    step = graph._add(Step("train", key, cfg, deps=[cluster.id] if cluster else []))
+def _add_train(graph: JobGraph, cfg: DictConfig, cluster: Step | None, cell: str | None,
+               vae: Step | None = None) -> Step:
+    key = train_key(cfg, cluster.key if cluster else None, vae.key if vae else None)
+    deps = [s.id for s in (vae, cluster) if s is not None]
+    step = graph._add(Step("train", key, cfg, deps=deps))
     if cell and cell not in step.cells:
         step.cells.append(cell)
     return step
 
 
-def _add_cell(graph: JobGraph, cfg: DictConfig, ref: str) -> Cell:
-    key = cell_key(cfg)
+def _add_cell(graph: JobGraph, cfg: DictConfig, ref: str, vae_cfg: DictConfig | None = None) -> Cell:
+    key = cell_key(cfg) if vae_cfg is None else config_hash({"cell": cell_key(cfg), "vae": to_dict(vae_cfg)})
     if key in graph.cells:
         graph.cells[key].rows.append(ref)
         return graph.cells[key]
+    vae = graph._add(Step("vae", config_hash(to_dict(vae_cfg)), vae_cfg)) if vae_cfg is not None else None
+    if vae is not None:
+        vae.cells.append(key)
     cluster = None
     if needs_cluster(cfg):
-        deps, model_key = [], None
+        deps, model_key = [vae.id] if vae else [], None
         if cfg.cluster.name in NEEDS_UNIFIED_MODEL:
-            ref_train = _add_train(graph, unified_reference(cfg), None, None)
-            deps, model_key = [ref_train.id], ref_train.key
-        cluster = graph._add(Step("cluster", cluster_key(cfg, model_key), cfg, deps=deps))
+            ref_train = _add_train(graph, unified_reference(cfg), None, None, vae)
+            deps, model_key = deps + [ref_train.id], ref_train.key
+        cluster = graph._add(Step("cluster", cluster_key(cfg, model_key, vae.key if vae else None), cfg, deps=deps))
         cluster.cells.append(key)
-    train = _add_train(graph, cfg, cluster, key)
+    train = _add_train(graph, cfg, cluster, key, vae)
     ev = graph._add(Step("evaluate", key, cfg, deps=[train.id], cells=[key]))
     cell = Cell(key, cfg, [ref], cluster.id if cluster else None, train.id, ev.id)
     graph.cells[key] = cell
@@ -197,4 +208,15 @@ def _row_entry(graph: JobGraph, row: Row, preset: str, validate: bool) -> RowEnt
         cfg = row_config(row, preset, validate=validate)
     except ConfigError:
         raise
-    return RowEntry(row.ref, "cell", cell=_add_cell(graph, cfg, row.ref).key)
+    vae_cfg = vae_config(row, preset) if needs_latents(cfg) else None
+    return RowEntry(row.ref, "cell", cell=_add_cell(graph, cfg, row.ref, vae_cfg).key)
+
+
+def vae_config(row: Row, preset: str) -> DictConfig:
+    """The VAE run (``msrepro train-vae``) whose latents a latent-diffusion row trains on: the VAE preset of the
+    same name, overridden by the row's ``vae`` section for that preset."""
+    from msrepro.config import merge
+    from msrepro.vae.config import load_vae_config
+
+    cfg = load_vae_config(overrides=[f"preset={preset}"])
+    return merge(cfg, OmegaConf.create((row.vae or {}).get(preset) or {}), where=f"{row.ref}: vae.{preset}")

@@ -15,7 +15,7 @@ import yaml
 
 from msrepro.config import ConfigError
 
-KINDS = ("cluster", "train", "evaluate")
+KINDS = ("vae", "cluster", "train", "evaluate")
 JOB_KEYS = {"gpus", "cpus", "mem_gb", "time", "nodes"}
 TOP_KEYS = {"partition", "account", "qos", "max_array_size", "array_parallelism", "max_timeouts",
             "signal_delay_s", "setup", "additional", "estimate", "jobs"}

@@ -22,6 +22,10 @@ def collect(run_dir: Path, out: Path) -> dict[str, list[str]]:
     for name in ("run.json", "graph.json"):
         shutil.copyfile(run_dir / name, out / name)
     graph = read_json(run_dir / "graph.json") or {}
+    from msrepro.launch.state import run_states
+
+    states = run_states(run_dir, list(graph.get("steps", {})))
+    write_json(out / "states.json", {s: {"state": st.state, "reason": st.reason} for s, st in states.items()})
     for key, cell in graph.get("cells", {}).items():
         res = read_json(cell_path(run_dir, key))
         if res is None:

@@ -197,82 +197,67 @@ def submit_slurm(run_dir: Path, graph: JobGraph, todo: set[str], states: dict[st
 def run_driver(run_dir: Path, graph: JobGraph, todo: set[str], states: dict[str, StepState], executor: str,
                parallel: int = 1, snapshot: Path | None = None, progress: bool = True,
                on_finish: Callable[[str, str], None] | None = None) -> dict[str, str]:
-    """Run the steps of ``todo`` once their dependencies are done; ``debug`` in this process, ``local`` as
-    submitit subprocesses (``parallel`` at a time). Returns ``{step: done|failed|blocked}``."""
+    """Run the steps of ``todo`` once their dependencies are done and wait; returns ``{step: done|failed}``.
+
+    ``debug``: one after the other in this process. ``local``: ``parallel`` submitit worker processes
+    (:class:`msrepro.launch.steps.StepWorker`), each taking the next ready step until none is left, so a worker
+    pays for its imports once rather than once per step."""
     from tqdm import tqdm
 
-    from msrepro.launch.steps import run_step
-
-    final = {s: st.state for s, st in states.items() if st.state == "done"}
     order = [s for s in graph.steps if s in todo]
-    running: dict[str, Any] = {}
-    executor_obj = _local_executor(run_dir) if executor == "local" else None
-    env_before = os.environ.get("PYTHONPATH")
     bar = tqdm(total=len(order), desc="steps", unit="step", disable=not progress)
-    try:
-        if snapshot is not None and executor == "local":
-            os.environ["PYTHONPATH"] = f"{snapshot}{os.pathsep + env_before if env_before else ''}"
-        while order or running:
-            for sid in list(order):
-                if sid in running:
-                    continue
-                deps = graph.steps[sid].deps
-                if any(final.get(d) in ("failed", "blocked") for d in deps):
-                    final[sid] = "blocked"
-                elif all(final.get(d) == "done" for d in deps) and len(running) < max(1, parallel):
-                    if executor == "debug":
-                        record_job(run_dir, sid, {"executor": "debug", "job_id": None, "time": time.time()})
-                        try:
-                            run_step(run_dir, sid, progress=False)
-                            final[sid] = "done"
-                        except Exception as exc:  # recorded in failed.json by run_step
-                            final[sid] = "failed"
-                            print(f"step {sid} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-                    else:
-                        running[sid] = _submit_local(executor_obj, run_dir, graph.steps[sid])
-                        continue
-                else:
-                    continue
-                order.remove(sid)
+    final: dict[str, str] = {}
+
+    def poll() -> None:
+        for sid in order:
+            if sid in final:
+                continue
+            d = step_dir(run_dir, sid)
+            state = "done" if (d / "done.json").is_file() else "failed" if (d / "failed.json").is_file() else None
+            if state:
+                final[sid] = state
                 bar.update(1)
                 if on_finish:
-                    on_finish(sid, final[sid])
-            for sid, job in list(running.items()):
-                if job.done():
-                    ok = (step_dir(run_dir, sid) / "done.json").is_file()
-                    final[sid] = "done" if ok else "failed"
-                    if not ok:
-                        print(f"step {sid} failed; log: {job.paths.stderr}", file=sys.stderr)
-                    del running[sid]
-                    order.remove(sid)
-                    bar.update(1)
-                    if on_finish:
-                        on_finish(sid, final[sid])
-            bar.set_postfix(running=len(running), failed=sum(v != "done" for v in final.values()))
-            if running:
-                time.sleep(0.5)
+                    on_finish(sid, state)
+        bar.set_postfix(failed=sum(v == "failed" for v in final.values()), refresh=False)
+
+    try:
+        if executor == "debug":
+            from msrepro.launch.steps import StepWorker
+
+            StepWorker(str(run_dir), order, threads=0, executor="debug", on_step=lambda sid: poll())()
+        else:
+            jobs = _submit_workers(run_dir, order, parallel, snapshot)
+            while not all(j.done() for j in jobs):
+                poll()
+                time.sleep(1.0)
+            for j in jobs:
+                if j.state not in ("DONE", "COMPLETED", "FINISHED") and j.exception() is not None:
+                    print(f"worker {j.job_id} failed; log: {j.paths.stderr}", file=sys.stderr)
+        poll()
     finally:
         bar.close()
+    return {sid: final.get(sid, "failed") for sid in order}
+
+
+def _submit_workers(run_dir: Path, order: list[str], parallel: int, snapshot: Path | None) -> list:
+    import submitit
+
+    from msrepro.launch.steps import StepWorker, clear_claims
+
+    clear_claims(run_dir, order)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(1, min(parallel, len(order)))
+    ex = submitit.LocalExecutor(folder=run_dir / "logs" / "%j")
+    ex.update_parameters(timeout_min=7 * 24 * 60, gpus_per_node=0)
+    env_before = os.environ.get("PYTHONPATH")
+    try:
+        if snapshot is not None:  # the worker processes import the frozen copy
+            os.environ["PYTHONPATH"] = f"{snapshot}{os.pathsep + env_before if env_before else ''}"
+        return [ex.submit(StepWorker(str(run_dir.resolve()), order, threads=max(1, cores // workers)))
+                for _ in range(workers)]
+    finally:
         if env_before is None:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = env_before
-    return final
-
-
-def _local_executor(run_dir: Path):
-    import submitit
-
-    ex = submitit.LocalExecutor(folder=run_dir / "logs" / "%j")
-    ex.update_parameters(timeout_min=24 * 60, gpus_per_node=0)
-    return ex
-
-
-def _submit_local(ex, run_dir: Path, step: Step):
-    from msrepro.launch.steps import StepJob
-
-    job = ex.submit(StepJob(str(run_dir.resolve())), step.id)
-    record_job(run_dir, step.id, {"executor": "local", "job_id": job.job_id, "pid": int(job.job_id),
-                                  "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
-                                  "time": time.time()})
-    return job

@@ -139,13 +139,14 @@ def row_status(run: Run, row: Row) -> str:
 
     cell = run.graph["cells"][e["cell"]]
     steps = [s for s in (cell.get("cluster"), cell["train"], cell["evaluate"]) if s]
-    states = run_states(run.path, steps)
-    for s in steps:
-        if states[s].state == "failed":
-            return f"failed ({s.split('-')[0]})"
-    for label in ("running", "queued"):
+    saved = read_json(run.path / "states.json")  # a copied run (results/<run>) keeps its final states
+    if saved is not None and not (run.path / "steps").is_dir():
+        states = {s: saved.get(s, {}).get("state", "missing") for s in steps}
+    else:
+        states = {s: st.state for s, st in run_states(run.path, steps).items()}
+    for label in ("failed", "running", "queued"):
         for s in steps:
-            if states[s].state == label:
+            if states[s] == label:
                 return f"{label} ({s.split('-')[0]})"
     return "missing"
 
