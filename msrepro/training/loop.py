@@ -85,6 +85,7 @@ class Trainer:
         self.ema = EMA(self.model) if cfg.train.ema_decay is not None or cfg.train.ema_halflife_kimg else None
         self.opt = S.build_optimizer(cfg, self.params)
         self.density, self.policy = S.noise_setup(cfg, self.model)
+        self.policy.world_size = info.world_size
         self.num_stages = self.policy.num_stages
         self.es = S.build_early_stopping(cfg.train.early_stopping, self.num_stages, cfg.model.variant)
         self.dataset = self._dataset()
