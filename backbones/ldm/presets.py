@@ -31,7 +31,9 @@ FULL: dict[str, Any] = {
     "dataset": {"name": "latents", "resolution": 64, "hflip": False},
     "model": {"encoder_channels": 224, "decoder_channels": [256, 192, 128], "params": NETWORK},
     "stages": STAGES,
-    # AdamW (torch default weight decay 0.01), no clipping, no warm-up, EMA 0.9999, batch 16 x 3 GPUs, 4.9e5 its
+    # AdamW (torch default weight decay 0.01), no clipping, no warm-up, EMA 0.9999, batch 16 x 3 GPUs, 4.9e5 its.
+    # The official run fixed one stage per GPU: train.stage_policy=per_rank on a multiple of 3 processes; the
+    # preset keeps stage_uniform (one stage per batch, uniform over stages), which runs on any process count.
     "train": {"steps": 490_000, "batch_size": 48, "optimizer": "adamw", "lr": LR_FULL, "weight_decay": 0.01,
               "warmup_steps": 0, "grad_clip": None, "ema_decay": 0.9999, "ema_halflife_kimg": None,
               "stage_policy": "stage_uniform", "augment_p": 0.0, "checkpoint_every": 10_000, "log_every": 100,
