@@ -69,7 +69,8 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 64
     optimizer: str = "adam"           # adam or adamw
-    lr: float = 2e-4
+    lr: float = 2e-4                  # base learning rate (see scale_lr)
+    scale_lr: bool = False            # latent-diffusion's flag: effective lr = lr x batch_size (SPEC 4)
     weight_decay: float = 0.0
     warmup_steps: int = 0
     grad_clip: Optional[float] = 1.0
@@ -183,10 +184,20 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
             f"preset '{cfg.model.preset}' of backbone '{cfg.model.backbone}'"))
         for layer, where in layers:
             cfg = merge(cfg, layer, where=where)
+    cfg = normalize_unified(cfg)
     if validate:
         from msrepro.validate import validate_run_config
 
         validate_run_config(cfg)
+    return cfg
+
+
+def normalize_unified(cfg: DictConfig) -> DictConfig:
+    """A unified model is one network for every noise level: drop the preset's stage settings (one stage, no cut
+    points, no per-stage decoder widths), so ``model.variant=unified`` alone is a complete, canonical config."""
+    if cfg.model.variant == "unified":
+        cfg.stages.num_stages, cfg.stages.boundaries, cfg.stages.from_result = 1, None, None
+        cfg.model.decoder_channels = None
     return cfg
 
 

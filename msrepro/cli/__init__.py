@@ -20,6 +20,12 @@ COMMANDS: tuple[str, ...] = (
     "msrepro.cli.evaluate_cmd",
     "msrepro.cli.evaluate_run_cmd",
     "msrepro.cli.refstats_cmd",
+    "msrepro.cli.train_vae_cmd",
+    "msrepro.cli.encode_latents_cmd",
+    "msrepro.cli.submit_cmd",
+    "msrepro.cli.status_cmd",
+    "msrepro.cli.tables_cmd",
+    "msrepro.cli.reproduce_cmd",
 )
 
 

@@ -41,13 +41,19 @@ def build_model(cfg: DictConfig, device: torch.device) -> Preconditioning:
 
 def build_optimizer(cfg: DictConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.train.optimizer]
-    return cls(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    return cls(params, lr=effective_lr(cfg), weight_decay=cfg.train.weight_decay)
+
+
+def effective_lr(cfg: DictConfig) -> float:
+    """``train.lr``, times the global batch size when ``train.scale_lr`` (latent-diffusion's ``main.py`` flag; the
+    paper's LDM run had it off, so its effective rate is the base 2e-6, SPEC 4)."""
+    return float(cfg.train.lr) * (int(cfg.train.batch_size) if cfg.train.scale_lr else 1)
 
 
 def learning_rate(cfg: DictConfig, step: int) -> float:
-    """Linear warm-up over ``warmup_steps`` (score_sde / EDM ramp-up), then constant."""
+    """Linear warm-up over ``warmup_steps`` (score_sde / EDM ramp-up), then constant at ``effective_lr``."""
     warm = cfg.train.warmup_steps
-    return cfg.train.lr * (min(1.0, (step + 1) / warm) if warm else 1.0)
+    return effective_lr(cfg) * (min(1.0, (step + 1) / warm) if warm else 1.0)
 
 
 def noise_setup(cfg: DictConfig, model: Preconditioning) -> tuple[NoiseDensity, StagePolicy]:
@@ -72,13 +78,21 @@ def check_train_options(cfg: DictConfig) -> None:
 
 
 def check_training(cfg: DictConfig, world_size: int = 1) -> None:
-    """What training itself needs on top of :func:`check_train_options`: batch split, augmentation."""
+    """What training itself needs on top of :func:`check_train_options`: batch split, augmentation labels."""
     check_train_options(cfg)
     if cfg.train.batch_size % world_size:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} does not split over {world_size} processes")
+    k = 1 if cfg.model.variant == "unified" else cfg.stages.num_stages
+    if cfg.train.stage_policy == "per_rank" and world_size % k:
+        raise ConfigError(f"train.stage_policy=per_rank fixes one stage per process: {k} stages need a multiple of "
+                          f"{k} processes, got {world_size}")
     if cfg.train.augment_p > 0:
-        raise ConfigError(f"train.augment_p: EDM's non-leaky augmentation is not implemented yet; set "
-                          f"train.augment_p=0 (got {cfg.train.augment_p})")
+        from msrepro.training.augment import AUGMENT_DIM
+
+        dim = cfg.model.params.get("augment_dim", 0)
+        if dim != AUGMENT_DIM:
+            raise ConfigError(f"train.augment_p={cfg.train.augment_p} needs a network conditioned on EDM's "
+                              f"{AUGMENT_DIM} augmentation labels (model.params.augment_dim={AUGMENT_DIM}), got {dim}")
 
 
 def heldout_images(cfg: DictConfig) -> torch.Tensor:

@@ -1,0 +1,164 @@
+"""The experiment registry: the paper's Tables 1-4 as YAML (``registry/experiments/table*.yaml``).
+
+Each table lists its columns and rows. A *run row* names a backbone, config overrides shared by all presets, the
+overrides of each preset (``full`` = the paper, ``tiny`` = digits at meaningful scale, ``smoke`` = seconds per
+job) and the paper's reported numbers. A *quoted row* (literature baselines of Table 1) only carries the paper's
+numbers and is never run. A row's resolved config is: schema < backbone preset < row ``config`` < row preset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from msrepro.config import ConfigError
+
+PRESETS: tuple[str, ...] = ("full", "tiny", "smoke")
+#: what a table column can show; see msrepro.launch.tables for how each is read from a cell result
+SOURCES: tuple[str, ...] = ("nfe", "quality", "iterations", "gflops", "pflops", "t1", "t2", "dataset_label")
+COMPARE: tuple[str, ...] = ("always", "metric", "full", "never")
+
+
+def experiments_dir() -> Path:
+    """Folder of the table YAMLs (inside the installed ``msrepro.registry`` package)."""
+    import msrepro.registry
+
+    return Path(msrepro.registry.__file__).resolve().parent / "experiments"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    header: str
+    source: str
+    compare: str = "never"   # when ours - paper is shown: always, metric (same metric as the paper), full, never
+    fmt: str = ""
+
+
+@dataclass(frozen=True)
+class Row:
+    table: str
+    id: str
+    label: str
+    paper: dict[str, Any]
+    quoted: str | None = None
+    backbone: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    vae: dict[str, dict[str, Any]] = field(default_factory=dict)  # latent rows: VAE run overrides per preset
+
+    @property
+    def ref(self) -> str:
+        return f"{self.table}.{self.id}"
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    columns: tuple[Column, ...]
+    rows: tuple[Row, ...]
+
+    def row(self, row_id: str) -> Row:
+        for r in self.rows:
+            if r.id == row_id:
+                return r
+        raise ConfigError(f"{self.name}: no row '{row_id}'; rows: {', '.join(r.id for r in self.rows)}")
+
+
+def table_names() -> list[str]:
+    return sorted(p.stem for p in experiments_dir().glob("*.yaml"))
+
+
+def _parse_table(data: dict[str, Any], where: str) -> Table:
+    name = data.get("name")
+    if not name or "rows" not in data or "columns" not in data:
+        raise ConfigError(f"{where}: a table needs name, columns and rows")
+    cols = []
+    for c in data["columns"]:
+        col = Column(**c)
+        if col.source not in SOURCES or col.compare not in COMPARE:
+            raise ConfigError(f"{where}: column '{col.name}': source must be one of {', '.join(SOURCES)} and "
+                              f"compare one of {', '.join(COMPARE)}")
+        cols.append(col)
+    rows, seen = [], set()
+    for r in data["rows"]:
+        unknown = set(r) - {"id", "label", "paper", "quoted", "backbone", "config", "presets", "vae"}
+        if unknown:
+            raise ConfigError(f"{where}: row {r.get('id')}: unknown keys {sorted(unknown)}")
+        row = Row(table=name, **r)
+        if row.id in seen:
+            raise ConfigError(f"{where}: duplicate row id '{row.id}'")
+        seen.add(row.id)
+        if row.quoted is None and (not row.backbone or set(row.presets) != set(PRESETS)):
+            raise ConfigError(f"{where}: row '{row.id}' is run, so it needs a backbone and presets "
+                              f"{', '.join(PRESETS)} (got {', '.join(row.presets) or 'none'})")
+        missing = {c.name for c in cols} - set(row.paper)
+        if missing:
+            raise ConfigError(f"{where}: row '{row.id}' lacks the paper's value for {sorted(missing)}")
+        rows.append(row)
+    return Table(name=name, title=data.get("title", name), columns=tuple(cols), rows=tuple(rows))
+
+
+def load_table(name: str) -> Table:
+    """Table ``name`` (table1 ... table4) or a path to a table YAML of your own; an unknown name lists the valid
+    ones."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else experiments_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown table '{name}'; valid tables: {', '.join(table_names())} (or 'all')")
+    return _parse_table(yaml.safe_load(path.read_text()), str(path))
+
+
+def select_tables(names: list[str] | tuple[str, ...]) -> list[Table]:
+    """Tables from command-line names (``all``, ``table1``, ``1``, comma lists); errors name the valid ones."""
+    wanted: list[str] = []
+    for item in names:
+        for n in str(item).split(","):
+            n = n.strip()
+            if not n:
+                continue
+            if n == "all":
+                wanted.extend(table_names())
+            else:
+                wanted.append(f"table{n}" if n.isdigit() else n)
+    if not wanted:
+        raise ConfigError(f"no table given; valid tables: {', '.join(table_names())} or 'all'")
+    return [load_table(n) for n in dict.fromkeys(wanted)]
+
+
+def check_preset(preset: str) -> str:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}")
+    return preset
+
+
+def row_config(row: Row, preset: str, *, validate: bool = True) -> DictConfig:
+    """The resolved run config of a run row at ``preset``: schema < backbone preset < row config < row preset."""
+    from msrepro.config import merge, schema
+    from msrepro.presets import preset_overrides
+
+    check_preset(preset)
+    where = f"{row.ref} ({preset})"
+    cfg = merge(schema(), preset_overrides(row.backbone, preset), where=f"{where}: backbone preset")
+    cfg = merge(cfg, OmegaConf.create(row.config), where=f"{where}: config")
+    cfg = merge(cfg, OmegaConf.create(row.presets.get(preset) or {}), where=f"{where}: presets.{preset}")
+    if validate:
+        from msrepro.validate import validate_run_config
+
+        try:
+            validate_run_config(cfg)
+        except ConfigError as exc:
+            if not (str(exc).startswith("train.stage_policy") and not _training_installed()):
+                raise ConfigError(f"{where}: {exc}") from None
+    return cfg
+
+
+def _training_installed() -> bool:
+    """Stage policies are registered by ``msrepro.training``; without it a grid can be planned, not trained."""
+    from msrepro.registry import STAGE_POLICIES
+
+    return bool(STAGE_POLICIES.list())

@@ -1,0 +1,69 @@
+"""Step states without sacct: a job that died before writing its result is failed, never waited on forever."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from msrepro.cli import main
+from msrepro.launch import state as S
+from msrepro.launch.rundir import record_job, step_dir
+
+
+@pytest.fixture
+def run(tmp_path):
+    r = tmp_path / "r"
+    graph = {"rows": {"table3.unified": {"ref": "table3.unified", "status": "cell", "cell": "c", "reason": ""}},
+             "cells": {"c": {"rows": ["table3.unified"], "cluster": "cluster-k", "train": "train-t",
+                             "evaluate": "evaluate-c"}},
+             "steps": {"cluster-k": {}, "train-t": {}, "evaluate-c": {}}}
+    r.mkdir()
+    (r / "graph.json").write_text(json.dumps(graph))
+    (r / "run.json").write_text(json.dumps({"name": "r", "preset": "smoke", "tables": ["table3"]}))
+    return r
+
+
+def _done(r, sid):
+    step_dir(r, sid).mkdir(parents=True, exist_ok=True)
+    (step_dir(r, sid) / "done.json").write_text("{}")
+
+
+def test_slurm_states_from_squeue(run, monkeypatch):
+    _done(run, "cluster-k")
+    record_job(run, "train-t", {"executor": "slurm", "job_id": "41", "stderr": "/logs/41.err"})
+    record_job(run, "evaluate-c", {"executor": "slurm", "job_id": "42", "stderr": "/logs/42.err"})
+    queue = {"41": ("RUNNING", "None"), "42": ("PENDING", "Dependency")}
+    states = {s: S.step_state(run, s, queue) for s in ("cluster-k", "train-t", "evaluate-c")}
+    assert [states[s].state for s in ("cluster-k", "train-t", "evaluate-c")] == ["done", "running", "queued"]
+    assert states["evaluate-c"].reason == "Dependency"
+    # the training job dies (node failure, OOM kill, ...) and SLURM forgets it; without sacct nothing else knows
+    dead = S.step_state(run, "train-t", {"42": ("PENDING", "Dependency")})
+    assert dead.state == "failed" and "died" in dead.reason and dead.log == "/logs/41.err"
+    ended = S.step_state(run, "train-t", {"41": ("COMPLETED", "None")})
+    assert ended.state == "failed" and "without writing its result" in ended.reason
+    cancelled = S.step_state(run, "evaluate-c", {"42": ("CANCELLED", "DependencyNeverSatisfied")})
+    assert cancelled.state == "failed" and "DependencyNeverSatisfied" in cancelled.reason
+
+
+def test_dead_local_process(run):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    record_job(run, "train-t", {"executor": "local", "job_id": str(proc.pid), "pid": proc.pid})
+    assert S.step_state(run, "train-t", None).state == "failed"
+    record_job(run, "train-t", {"executor": "local", "job_id": "me", "pid": __import__("os").getpid()})
+    assert S.step_state(run, "train-t", None).state == "running"
+
+
+def test_status_command_reports_the_dead_job(run, monkeypatch, capsys):
+    _done(run, "cluster-k")
+    record_job(run, "train-t", {"executor": "slurm", "job_id": "987654", "stderr": "/logs/987654.err"})
+    monkeypatch.setattr(S, "squeue_states", lambda: {})
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("c "))
+    assert "done" in line and "failed [987654]" in line and "/logs/987654.err" in line
+    assert "missing" in line  # the evaluate step was never submitted
+    assert "failed 1" in out and "done 1" in out

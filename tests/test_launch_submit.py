@@ -1,0 +1,89 @@
+"""submit: dry run (job graph, resources, GPU-hours from the FLOP accounting) and early errors on bad input."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from msrepro.cli import main
+from msrepro.launch import plan
+from msrepro.launch.estimate import step_flops
+from msrepro.launch.profiles import load_profile, parse_time
+
+
+@pytest.fixture(scope="module")
+def dry_full(tmp_path_factory):
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["submit", "all", "--preset", "full", "--executor", "debug", "--profile", "example",
+                     "--dry-run"]) == 0
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+def test_dry_run_lists_every_cell_once_with_resources(dry_full):
+    graph = plan(["all"], "full")
+    for key in graph.cells:
+        assert len(re.findall(rf"^{key}\s", dry_full, re.M)) == 1, key  # the cell table: one line per cell
+    for sid, step in graph.steps.items():
+        line = next(ln for ln in dry_full.splitlines() if f" {sid} " in ln)
+        gpus = {"train": 4, "cluster": 1, "evaluate": 1}[step.kind]
+        limit = {"train": "48:00:00", "cluster": "04:00:00", "evaluate": "08:00:00"}[step.kind]
+        assert re.search(rf"\s{gpus}\s+\d+\s+{limit}\s", line), line
+        for d in step.deps:
+            assert d in line
+    assert "table1.ddpm: quoted" in dry_full
+    assert "dry run: nothing submitted" in dry_full
+
+
+@pytest.mark.slow
+def test_gpu_hours_come_from_the_flop_accounting(dry_full):
+    from msrepro.flops import accounting
+
+    graph = plan(["table3"], "full")
+    unified = graph.cells[graph.rows["table3.unified"].cell]
+    cfg = graph.steps[unified.train].config
+    acc = accounting(cfg)
+    flops = 450_000 * 128 * 3 * acc["gflops"][0] * 1e9  # steps x batch x (forward + backward) x forward FLOPs
+    assert step_flops(graph.steps[unified.train]) == pytest.approx(flops)
+    hours = flops / (125e12 * 0.3) / 3600  # example profile: 125 TFLOP/s at 30 %
+    m = re.search(r"estimated GPU-hours: ([\d,.]+)", dry_full)
+    assert m and float(m.group(1).replace(",", "")) > hours  # the whole grid costs more than one of its runs
+    line = next(ln for ln in dry_full.splitlines() if f" {unified.train} " in ln)
+    assert f"{hours:.1f}h" in line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["submit", "table7", "--preset", "smoke"], "valid tables: table1, table2, table3, table4"),
+    (["submit", "all", "--preset", "huge"], "valid presets: full, tiny, smoke"),
+    (["submit", "all", "--preset", "smoke", "--executor", "cloud"], "valid executors: debug, local, slurm"),
+    (["submit", "all", "--preset", "smoke", "--executor", "debug", "--profile", "nope"], "valid profiles:"),
+])
+def test_bad_input_fails_before_anything_is_submitted(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_profile_without_partition(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "p.yaml"
+    bad.write_text("jobs: {train: {gpus: 1}}\n")
+    assert main(["submit", "all", "--preset", "smoke", "--executor", "debug", "--profile", str(bad)]) == 2
+    assert "'partition' is required" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    bad.write_text("partition: gpu\njobs: {train: {gpu: 1}}\n")
+    with pytest.raises(Exception, match="allowed: cpus, gpus, mem_gb, nodes, time"):
+        load_profile(str(bad))
+
+
+def test_time_limits():
+    assert [parse_time(t) for t in ("48:00:00", "1-00:00:00", "10", "05:30", "00:20:01")] == [2880, 1440, 10, 6, 21]
+    assert load_profile("local").resources("train").timeout_min == 60
+    assert Path(load_profile("example").name) == Path("example")
