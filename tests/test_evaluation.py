@@ -361,3 +361,15 @@ def test_prefetch_inception_writes_where_the_lookup_finds_it(monkeypatch, cache)
     with pytest.raises(inception.InceptionWeightsMissing, match="elsewhere.pth"):
         inception.require_weights()
     path.unlink()
+
+
+def test_digits_classifier_training_is_deterministic_across_thread_counts():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a, _ = dc.train_classifier(8, epochs=1)
+        torch.set_num_threads(1)
+        b, _ = dc.train_classifier(8, epochs=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))

@@ -68,7 +68,17 @@ def _digits(split: str, resolution: int) -> tuple[torch.Tensor, torch.Tensor, st
 
 
 def train_classifier(resolution: int, *, seed: int = 0, epochs: int = EPOCHS) -> tuple[DigitsCNN, dict]:
-    """Train a DigitsCNN on the digits train split (Adam, fixed seed and batch order); returns (model, info)."""
+    """Train a DigitsCNN on the digits train split (Adam, fixed seed and batch order, one CPU thread so the float
+    results do not depend on the thread count); returns (model, info)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(resolution, seed, epochs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(resolution: int, seed: int, epochs: int) -> tuple[DigitsCNN, dict]:
     x, y, checksum = _digits("train", resolution)
     xt, yt, _ = _digits("test", resolution)
     torch.manual_seed(seed)
