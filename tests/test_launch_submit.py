@@ -20,8 +20,8 @@ def dry_full(tmp_path_factory):
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert main(["submit", "all", "--preset", "full", "--executor", "debug", "--profile", "example",
-                     "--dry-run"]) == 0
+        assert main(["submit", "all", "--preset", "full", "--executor", "slurm", "--profile", "example",
+                     "--dry-run"]) == 0  # planning needs no sbatch
     return buf.getvalue()
 
 
@@ -32,13 +32,20 @@ def test_dry_run_lists_every_cell_once_with_resources(dry_full):
         assert len(re.findall(rf"^{key}\s", dry_full, re.M)) == 1, key  # the cell table: one line per cell
     for sid, step in graph.steps.items():
         line = next(ln for ln in dry_full.splitlines() if f" {sid} " in ln)
-        gpus = {"train": 4, "cluster": 1, "evaluate": 1}[step.kind]
-        limit = {"train": "48:00:00", "cluster": "04:00:00", "evaluate": "08:00:00"}[step.kind]
+        gpus = {"train": 4, "cluster": 1, "evaluate": 1, "vae": 1}[step.kind]
+        limit = {"train": "48:00:00", "cluster": "04:00:00", "evaluate": "08:00:00", "vae": "48:00:00"}[step.kind]
         assert re.search(rf"\s{gpus}\s+\d+\s+{limit}\s", line), line
         for d in step.deps:
             assert d in line
     assert "table1.ddpm: quoted" in dry_full
     assert "dry run: nothing submitted" in dry_full
+    # the sbatch plan: level-0 cluster steps of one kind go out as one array; each later job names its afterok
+    plan_lines = dry_full.split("sbatch submissions")[1].split("\n\n")[0].splitlines()[1:]
+    first = next(ln for ln in plan_lines if " cluster " in ln)
+    level0 = [s for s in graph.levels()[0] if s.kind == "cluster"]
+    assert f"array of {len(level0)}" in first and first.endswith("afterok: -")
+    sizes = [1 if ln.split()[2] == "single" else int(ln.split()[4]) for ln in plan_lines]
+    assert sum(sizes) == len(graph.steps)  # every step goes out exactly once
 
 
 @pytest.mark.slow

@@ -40,10 +40,11 @@ def default_executor() -> str:
     return "local"
 
 
-def check_executor(name: str) -> str:
+def check_executor(name: str, *, available: bool = True) -> str:
+    """A valid executor name; with ``available``, SLURM must also be reachable (sbatch on PATH)."""
     if name not in EXECUTORS:
         raise ConfigError(f"unknown executor '{name}'; valid executors: {', '.join(EXECUTORS)}")
-    if name == "slurm" and shutil.which("sbatch") is None:
+    if available and name == "slurm" and shutil.which("sbatch") is None:
         raise ConfigError("executor 'slurm': sbatch not found on PATH (start slurm/start_cluster.sh or use --executor "
                           "local)")
     return name
