@@ -115,6 +115,8 @@ def fmt(v: Any, spec: str) -> str:
         return "nan"
     if spec == "d":
         return str(int(round(v)))
+    if spec == "auto":  # two decimals, or three significant digits for small values (tiny models)
+        return f"{v:.2f}" if v == 0 or abs(v) >= 0.1 else f"{v:.3g}"
     return format(v, spec) if spec else str(v)
 
 
@@ -122,7 +124,7 @@ def _diff(a: Any, b: Any, spec: str) -> str:
     if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
         return "-"
     d = a - b
-    s = fmt(d, spec if spec != "d" else "d")
+    s = fmt(d, ".2f" if spec == "auto" and max(abs(a), abs(b)) >= 0.1 else spec)
     return s if s.startswith("-") else f"+{s}"
 
 
