@@ -22,9 +22,7 @@ from pathlib import Path
 
 import torch
 
-VARIANTS = {"unified": ["model.variant=unified", "stages.num_stages=1", "stages.boundaries=null",
-                        "model.decoder_channels=null"],
-            "multistage": ["model.variant=multistage"]}
+VARIANTS = {"unified": ["model.variant=unified"], "multistage": ["model.variant=multistage"]}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -65,5 +65,10 @@ class Backbone:
     def validate(self, cfg: DictConfig) -> None:
         """Backbone-specific consistency checks on a resolved run config (raise ConfigError)."""
 
+    def image_dataset(self, cfg: DictConfig) -> DictConfig:
+        """The image dataset that samples are compared with (reference statistics): ``cfg.dataset`` unless the
+        network works in another space (latent models: the dataset the latents were encoded from)."""
+        return cfg.dataset
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

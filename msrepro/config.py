@@ -184,10 +184,20 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
             f"preset '{cfg.model.preset}' of backbone '{cfg.model.backbone}'"))
         for layer, where in layers:
             cfg = merge(cfg, layer, where=where)
+    cfg = normalize_unified(cfg)
     if validate:
         from msrepro.validate import validate_run_config
 
         validate_run_config(cfg)
+    return cfg
+
+
+def normalize_unified(cfg: DictConfig) -> DictConfig:
+    """A unified model is one network for every noise level: drop the preset's stage settings (one stage, no cut
+    points, no per-stage decoder widths), so ``model.variant=unified`` alone is a complete, canonical config."""
+    if cfg.model.variant == "unified":
+        cfg.stages.num_stages, cfg.stages.boundaries, cfg.stages.from_result = 1, None, None
+        cfg.model.decoder_channels = None
     return cfg
 
 

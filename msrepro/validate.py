@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from msrepro.boundaries import CONVERT_METHODS, check_cuts
 from msrepro.config import VARIANTS, ConfigError, check_params
 from msrepro.precond import ROUTINGS
-from msrepro.registry import (BACKBONES, CLUSTERERS, DATASETS, SAMPLERS, SCHEDULES, STAGE_POLICIES, Registry,
+from msrepro.registry import (BACKBONES, CLUSTERERS, DATASETS, METRICS, SAMPLERS, SCHEDULES, STAGE_POLICIES, Registry,
                               RegistryError)
 
 OPTIMIZERS = ("adam", "adamw")
@@ -96,6 +96,11 @@ def validate_run_config(cfg: DictConfig) -> None:
     check_params(sampler, cfg.sample.params, "sample.params")
     sampler(**cfg.sample.params)  # the sampler's own value checks (spacing, order, ...): ConfigError
     _registered(STAGE_POLICIES, cfg.train.stage_policy, "train.stage_policy")
+    for metric in cfg.eval.metrics:
+        _registered(METRICS, metric, "eval.metrics")
+    from msrepro.evaluation.metrics import parse_params
+
+    parse_params(cfg.eval.params)
     from msrepro.training.setup import check_train_options
 
     check_train_options(cfg)  # noise density (train.loss), policy options (train.params), early stopping

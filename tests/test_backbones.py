@@ -33,8 +33,6 @@ def small_preset(backbone: str) -> str:
 def make_config(backbone: str, variant: str, routing: str = "per_sample", preset: str | None = None, extra=()):
     overrides = [f"model.backbone={backbone}", f"model.preset={preset or small_preset(backbone)}",
                  f"model.variant={variant}", f"model.routing={routing}", *extra]
-    if variant == "unified":
-        overrides += ["stages.num_stages=1", "stages.boundaries=null", "model.decoder_channels=null"]
     return load_config(overrides=overrides, validate=False)
 
 

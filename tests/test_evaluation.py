@@ -331,3 +331,33 @@ def test_cli_evaluate_prints_fd_digits_kid_prc_and_refstats(ckpt, tmp_path, caps
     assert "fd_digits" in capsys.readouterr().err  # unknown metric: the valid names are listed
     assert main(["refstats", "digits", "--resolution", "8", "--limit", "50"]) == 0
     assert '"count": 50' in capsys.readouterr().out
+
+
+def test_run_config_validation_checks_eval_section():
+    from msrepro.config import load_config
+
+    with pytest.raises(ConfigError, match="Valid names: fd_digits, fid, kid, prc"):
+        load_config([], ["eval.metrics=[fid,fdd]"])
+    with pytest.raises(ConfigError, match="kid_subsets"):
+        load_config([], ["eval.params.kid_subset=3"])
+    assert list(load_config([], ["eval.metrics=[kid,prc]"]).eval.metrics) == ["kid", "prc"]
+
+
+def test_prefetch_inception_writes_where_the_lookup_finds_it(monkeypatch, cache):
+    from msrepro.evaluation import inception
+    from msrepro.prefetch import prefetch
+
+    def fake_download(url, dst, **kw):
+        assert url.endswith(inception.FILENAME)
+        Path(dst).write_bytes(b"weights")
+
+    monkeypatch.setattr("torch.hub.download_url_to_file", fake_download)
+    with pytest.raises(inception.InceptionWeightsMissing):
+        inception.require_weights()
+    path = prefetch("inception")
+    assert path == inception.hub_path() and str(cache / "torch") in str(path)
+    assert inception.require_weights() == path
+    monkeypatch.setenv(inception.ENV, str(cache / "elsewhere.pth"))
+    with pytest.raises(inception.InceptionWeightsMissing, match="elsewhere.pth"):
+        inception.require_weights()
+    path.unlink()

@@ -13,13 +13,8 @@ from msrepro.config import load_config
 from msrepro.flops import accounting, nfe_split
 from msrepro.models import resolve_boundaries, resolve_schedule
 
-UNIFIED = ["stages.num_stages=1", "stages.boundaries=null", "model.decoder_channels=null"]
-
-
 def config(backbone, variant, preset="full", extra=()):
     overrides = [f"model.backbone={backbone}", f"model.preset={preset}", f"model.variant={variant}", *extra]
-    if variant == "unified":
-        overrides += UNIFIED
     return load_config(overrides=overrides, validate=False)
 
 

@@ -60,7 +60,7 @@ class TinyConv(Backbone):
 if BACKBONE not in BACKBONES:
     BACKBONES.register(BACKBONE, TinyConv())
 
-OVERRIDES = [f"model.backbone={BACKBONE}", "model.variant=unified", "stages.num_stages=1", "dataset.name=digits"]
+OVERRIDES = [f"model.backbone={BACKBONE}", "model.variant=unified", "dataset.name=digits"]
 
 
 def run_config():

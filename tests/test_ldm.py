@@ -14,13 +14,8 @@ from msrepro.flops import accounting, forward_cost
 from msrepro.models import build_net, get_backbone, resolve_boundaries, resolve_schedule
 from msrepro.nets.openaimodel import TAG_LDM_ATTENTION, AttentionBlock, OpenAIUNetParams, timestep_embedding
 
-UNIFIED = ["stages.num_stages=1", "stages.boundaries=null", "model.decoder_channels=null"]
-
-
 def config(variant="multistage", preset="full", extra=()):
     overrides = ["model.backbone=ldm", f"model.preset={preset}", f"model.variant={variant}", *extra]
-    if variant == "unified":
-        overrides += UNIFIED
     return load_config(overrides=overrides, validate=False)
 
 

@@ -44,8 +44,13 @@ class LatentEpsPrecond(EpsPrecond):
             if not self.vae_path:
                 raise ConfigError("model.params.vae: not set; decoding LDM latents needs the VAE checkpoint written "
                                   "by `msrepro train-vae` (the one `msrepro encode-latents` used)")
+            from pathlib import Path
+
             from msrepro.vae import load_vae
 
+            if not Path(self.vae_path).is_file():
+                raise FileNotFoundError(f"model.params.vae: VAE checkpoint not found: {self.vae_path} (a relative path "
+                                        f"is read from the current directory; give an absolute one)")
             self._vae.append(load_vae(self.vae_path).eval().requires_grad_(False))
         return self._vae[0]
 
@@ -91,6 +96,14 @@ class LDMBackbone(Backbone):
 
         p = check_params(self, cfg.model.params, "model.params")
         return int(p.latent_channels), int(cfg.dataset.resolution)
+
+    def image_dataset(self, cfg: DictConfig) -> DictConfig:
+        """Decoded samples are compared with the images the latent cache was encoded from."""
+        if cfg.dataset.name != "latents":
+            return cfg.dataset
+        from msrepro.vae.latents import source_dataset_config
+
+        return source_dataset_config(cfg.dataset)
 
     def validate(self, cfg: DictConfig) -> None:
         """Schedule, options, resolution and widths (GroupNorm groups, attention heads) agree; errors name the key."""

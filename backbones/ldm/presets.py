@@ -61,7 +61,7 @@ SMOKE: dict[str, Any] = {
     "model": {"encoder_channels": 16, "decoder_channels": [24, 16, 8],
               "params": {**TINY_NETWORK, "num_res_blocks": 1, "num_head_channels": 8}},
     "train": {**TINY["train"], "steps": 20, "batch_size": 16, "warmup_steps": 0, "checkpoint_every": 10,
-              "log_every": 5},
+              "log_every": 5, "heldout_size": 32},
     "sample": {"sampler": "dpm_solver_pp", "params": {**SAMPLER, "steps": 10}, "num": 16, "batch_size": 16},
     "eval": {"metrics": ["fd_digits"], "num_samples": 64},
 }

@@ -4,7 +4,8 @@ The run directory is ``output_dir/name``. If it already holds checkpoints, the r
 one (a damaged newest checkpoint falls back to the previous, with a warning), so rerunning the same command after a
 crash, a kill or a preemption continues exactly where it stopped. ``--fresh`` deletes the run's checkpoints and
 metrics first and starts over; ``--resume`` refuses to start when there is nothing to resume. An existing run
-directory with a different config is an error (only ``train.steps``, ``device`` and ``output_dir`` may change).
+directory with a different config is an error (``train.steps``, logging/checkpoint intervals, ``device``,
+``output_dir`` and the ``sample``/``eval``/``cluster`` sections may change).
 SIGTERM/SIGUSR2 save a checkpoint at the next step boundary and exit with status 124.
 """
 

@@ -74,6 +74,18 @@ def _summary(runs: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, 
     return mean, std
 
 
+def image_dataset(cfg: DictConfig) -> Any:
+    """The dataset samples are compared with: the backbone's ``image_dataset(cfg)`` hook, else ``cfg.dataset``."""
+    from msrepro.models import get_backbone
+    from msrepro.registry import RegistryError
+
+    try:
+        hook = getattr(get_backbone(cfg.model.backbone), "image_dataset", None)
+    except RegistryError:  # reported where the model is built; offline errors come first
+        return cfg.dataset
+    return hook(cfg) if hook is not None else cfg.dataset
+
+
 def evaluate_checkpoint(checkpoint: str | Path, *, metrics: Sequence[str] | str | None = None,
                         num: int | None = None, seeds: str | Sequence[int] | None = None, batch: int | None = None,
                         device: str | None = None, ema: bool = True, progress: bool = True,
@@ -99,10 +111,11 @@ def evaluate_checkpoint(checkpoint: str | Path, *, metrics: Sequence[str] | str 
     repeats = int(repeats or cfg.eval.repeats)
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
-    groups = plan(chosen, cfg.dataset, params)  # offline errors here: nothing sampled yet
+    images_cfg = image_dataset(cfg)  # latent models: the image dataset the latents were encoded from
+    groups = plan(chosen, images_cfg, params)  # offline errors here: nothing sampled yet
     dev = str(device or cfg.device)
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
-    refs = [refstats(cfg.dataset, ext, params=params, device=dev) for ext, _ in groups]
+    refs = [refstats(images_cfg, ext, params=params, device=dev) for ext, _ in groups]
     sample_cfg = dict(to_dict(sample if sample is not None else cfg.sample))
     if batch is not None:
         sample_cfg["batch_size"] = int(batch)

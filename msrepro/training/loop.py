@@ -23,14 +23,16 @@ from msrepro.io import append_jsonl, atomic_write_text, code_version
 from msrepro.losses import denoising_loss
 from msrepro.training import distributed as D
 from msrepro.training import setup as S
+from msrepro.training.augment import augment
 from msrepro.training.ema import EMA, edm_decay, score_sde_decay
 from msrepro.training.heldout import heldout_losses, heldout_set
 from msrepro.training.signals import Preempted, catch_preemption
 from msrepro.training.state import latest_checkpoint, load_latest, rng_state, save_and_prune, set_rng_state
 
 log = logging.getLogger(__name__)
-#: config keys that may differ when an existing run directory is resumed
-RESUMABLE_CHANGES = ("train.steps", "device", "output_dir")
+#: config keys that may differ when an existing run directory is resumed (they do not change what is trained)
+RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                     "train.heldout_every", "device", "output_dir", "sample", "eval", "cluster")
 
 
 @dataclass
@@ -89,6 +91,7 @@ class Trainer:
         self.stage_counts = [0] * self.num_stages
         self.last_metrics: dict[str, Any] = {}
         self._perm: dict[int, torch.Tensor] = {}
+        self.code_version = code_version()
 
     def _dataset(self):
         from msrepro.datasets import build_dataset
@@ -102,8 +105,8 @@ class Trainer:
                 S.seed_for(self.cfg.seed, "epoch", epoch)))}
         return self._perm[epoch]
 
-    def global_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """(x0, noise, StageBatch) of the whole global batch of ``step`` (identical on every rank)."""
+    def global_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, Any, dict]:
+        """(x0, noise, StageBatch, network conditioning) of the global batch of ``step`` (identical on every rank)."""
         n, size = len(self.dataset), self.cfg.train.batch_size
         torch.manual_seed(S.seed_for(self.cfg.seed, "data", step))  # the dataset's own flips
         x0 = torch.stack([self.dataset[int(self.permutation(i // n)[i % n])]
@@ -111,11 +114,15 @@ class Trainer:
         g = torch.Generator().manual_seed(S.seed_for(self.cfg.seed, "noise", step))
         active = self.es.active() if self.es is not None else None
         sb = self.policy.draw(size, g, g, active)
-        return x0, torch.randn(x0.shape, generator=g), sb
+        noise = torch.randn(x0.shape, generator=g)
+        cond = {}
+        if self.cfg.train.augment_p > 0:  # EDM's non-leaky augmentation, labels to the network
+            x0, cond["augment_labels"] = augment(x0, self.cfg.train.augment_p, g)
+        return x0, noise, sb, cond
 
     # -- one step ----------------------------------------------------------------------------------------
     def train_step(self, step: int) -> float:
-        x0, noise, sb = self.global_batch(step)
+        x0, noise, sb, cond = self.global_batch(step)
         per = self.cfg.train.batch_size // self.info.world_size
         sl = slice(self.info.rank * per, (self.info.rank + 1) * per)
         torch.manual_seed(S.seed_for(self.cfg.seed, "dropout", step, self.info.rank))
@@ -125,7 +132,7 @@ class Trainer:
         dev = self.device
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"):
             loss = denoising_loss(self.model, x0[sl].to(dev), sb.sigma[sl].float().to(dev), noise[sl].to(dev),
-                                  stage=sb.stage[sl].to(dev)).mean()
+                                  stage=sb.stage[sl].to(dev), **{k: v[sl].to(dev) for k, v in cond.items()}).mean()
         loss.backward()
         D.average_gradients(self.params, self.info)
         if self.cfg.train.grad_clip:
@@ -173,7 +180,7 @@ class Trainer:
     def save(self) -> Path:
         state = {"config": to_dict(self.cfg), "model": self.model.state_dict(),
                  "ema": self.ema.state_dict() if self.ema is not None else None,
-                 "optimizer": self.opt.state_dict(), "code_version": code_version(),
+                 "optimizer": self.opt.state_dict(), "code_version": self.code_version,
                  "extra": {"rng": rng_state(), "wall_s": self.wall_s, "images": self.images,
                            "stage_counts": list(self.stage_counts), "data_position": self.step *
                            self.cfg.train.batch_size, "early_stopping": self.es.state_dict() if self.es else None,
@@ -190,6 +197,11 @@ class Trainer:
         if found is None:
             return False
         path, state = found
+        from msrepro.checkpoint import checkpoint_config
+
+        if _comparable(checkpoint_config(state)) != _comparable(self.cfg):
+            raise ConfigError(f"{path} was written by a run with a different config; use another name=..., or "
+                              f"--fresh to start this run over")
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])

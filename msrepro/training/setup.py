@@ -78,13 +78,17 @@ def check_train_options(cfg: DictConfig) -> None:
 
 
 def check_training(cfg: DictConfig, world_size: int = 1) -> None:
-    """What training itself needs on top of :func:`check_train_options`: batch split, augmentation."""
+    """What training itself needs on top of :func:`check_train_options`: batch split, augmentation labels."""
     check_train_options(cfg)
     if cfg.train.batch_size % world_size:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} does not split over {world_size} processes")
     if cfg.train.augment_p > 0:
-        raise ConfigError(f"train.augment_p: EDM's non-leaky augmentation is not implemented yet; set "
-                          f"train.augment_p=0 (got {cfg.train.augment_p})")
+        from msrepro.training.augment import AUGMENT_DIM
+
+        dim = cfg.model.params.get("augment_dim", 0)
+        if dim != AUGMENT_DIM:
+            raise ConfigError(f"train.augment_p={cfg.train.augment_p} needs a network conditioned on EDM's "
+                              f"{AUGMENT_DIM} augmentation labels (model.params.augment_dim={AUGMENT_DIM}), got {dim}")
 
 
 def heldout_images(cfg: DictConfig) -> torch.Tensor:

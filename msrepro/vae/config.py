@@ -65,11 +65,11 @@ FULL: dict[str, Any] = {
 
 TINY: dict[str, Any] = {
     "dataset": {"name": "digits", "resolution": 16, "hflip": False},
-    "model": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "z_channels": 3,
+    "model": {"ch": 16, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "z_channels": 3,
               "norm_groups": 8},
     # LPIPS's ImageNet networks see nothing useful in 16 px single-channel digits: L1 + KL, no discriminator
     "loss": {"kl_weight": 1e-6, "lpips_weight": 0.0, "disc_start": None},
-    "train": {"steps": 1500, "batch_size": 64, "lr": 2e-3, "eval_every": 500, "eval_num": 297, "log_every": 50},
+    "train": {"steps": 1200, "batch_size": 32, "lr": 2e-3, "eval_every": 300, "eval_num": 297, "log_every": 50},
 }
 
 SMOKE: dict[str, Any] = {

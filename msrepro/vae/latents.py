@@ -93,6 +93,11 @@ class Latents(ImageDataset):
             raise ConfigError("dataset.hflip: latents cannot be flipped (a flipped latent is not the latent of the "
                               "flipped image); encode flipped images instead")
         state = read_cache(self.cfg.root)
+        encoded = state["dataset"].get("split", "train")
+        if self.cfg.split != encoded:
+            raise ConfigError(f"dataset.split: the latent cache {self.cfg.root} holds the '{encoded}' split, not "
+                              f"'{self.cfg.split}'; encode that split into its own cache with `msrepro encode-latents "
+                              f"VAE_CKPT dataset.split={self.cfg.split} --out FILE`")
         mean, std = state["mean"].float(), state["std"].float()
         if mean.shape[-1] != int(self.cfg.resolution):
             raise ConfigError(f"dataset.resolution: {self.cfg.resolution}, but the latent cache {self.cfg.root} holds "

@@ -1,0 +1,223 @@
+"""The training engine: exact resume, kill/SIGTERM recovery, corrupt checkpoint fallback, DDP, stage intervals."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from msrepro.checkpoint import load_checkpoint
+from msrepro.config import ConfigError, load_config
+from msrepro.training import latest_checkpoint, list_checkpoints, train
+from msrepro.training.early_stopping import EarlyStopping
+from msrepro.training.state import load_latest
+
+FAST = ["model.preset=smoke", "dataset.resolution=8", "model.encoder_channels=8", "model.decoder_channels=[8,8,8]",
+        "model.params.channel_mult=[1]", "model.params.num_blocks=1", "model.params.attn_resolutions=[]",
+        "train.batch_size=8", "train.heldout_size=16", "train.log_every=5", "train.checkpoint_every=5",
+        "train.warmup_steps=2"]
+
+
+def cfg_for(tmp: Path, name: str, *extra: str):
+    return load_config([], [*FAST, f"output_dir={tmp}", f"name={name}", *extra])
+
+
+def weights(path: Path, key: str = "model") -> dict:
+    return load_checkpoint(path)[key]
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_is_bitwise_identical(tmp_path):
+    full = train(cfg_for(tmp_path, "full", "train.steps=12"), progress=False)
+    train(cfg_for(tmp_path, "split", "train.steps=7"), progress=False)
+    part = train(cfg_for(tmp_path, "split", "train.steps=12"), progress=False)  # resumes from step 7
+    assert part.step == full.step == 12
+    for key in ("model", "ema"):
+        assert_same(weights(full.checkpoint, key), weights(part.checkpoint, key))
+    opt_a, opt_b = load_checkpoint(full.checkpoint)["optimizer"], load_checkpoint(part.checkpoint)["optimizer"]
+    for k in opt_a["state"]:
+        assert torch.equal(opt_a["state"][k]["exp_avg_sq"], opt_b["state"][k]["exp_avg_sq"])
+    assert len(list_checkpoints(full.run_dir)) == 2  # keep_checkpoints
+
+
+def test_heldout_loss_decreases_and_is_logged_per_stage(tmp_path):
+    res = train(cfg_for(tmp_path, "learn", "train.steps=30", "train.lr=2e-3"), progress=False)
+    import json
+
+    recs = [json.loads(ln) for ln in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    held = [r for r in recs if r["kind"] == "heldout"]
+    assert held[0]["step"] == 0 and held[-1]["step"] == 30
+    assert held[-1]["heldout_loss"] < held[0]["heldout_loss"] - 0.05
+    assert len(held[-1]["heldout_loss_stage"]) == 3
+    train_recs = [r for r in recs if r["kind"] == "train"]
+    assert sum(train_recs[-1]["stage_counts"]) == 30 * 8  # per-stage sample counts cover every sample
+    assert (res.run_dir / "config.yaml").is_file() and res.metrics["heldout_loss"] == held[-1]["heldout_loss"]
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
+    ref = train(cfg_for(tmp_path, "ref", "train.steps=10"), progress=False)
+    run = train(cfg_for(tmp_path, "broken", "train.steps=10"), progress=False)
+    ckpts = list_checkpoints(run.run_dir)
+    assert [p.name for p in ckpts] == ["ckpt-00000005.pt", "ckpt-00000010.pt"]
+    ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:1000])  # truncated newest checkpoint
+    with caplog.at_level(logging.WARNING):
+        path, state = load_latest(run.run_dir)
+    assert path == ckpts[0] and state["step"] == 5 and "unreadable" in caplog.text
+    ckpts[-1].unlink()
+    again = train(cfg_for(tmp_path, "broken", "train.steps=10"), progress=False)
+    assert_same(weights(ref.checkpoint), weights(again.checkpoint))
+
+
+def test_resuming_with_another_config_is_refused(tmp_path):
+    train(cfg_for(tmp_path, "r", "train.steps=5"), progress=False)
+    with pytest.raises(ConfigError, match="different config"):
+        train(cfg_for(tmp_path, "r", "train.steps=5", "train.lr=1e-2"), progress=False)
+    res = train(cfg_for(tmp_path, "r", "train.steps=5", "train.lr=1e-2"), progress=False, fresh=True)
+    assert res.step == 5
+
+
+def test_separate_variant_trains_each_network_only_on_its_interval(tmp_path):
+    """Every network of a separate model sees only noise levels of its own stage (hooks on each encoder)."""
+    from msrepro.training.loop import Trainer, prepare_run_dir
+    from msrepro.training.distributed import DistInfo
+
+    cfg = cfg_for(tmp_path, "sep", "model.variant=separate", "train.stage_policy=per_sample", "train.steps=4")
+    prepare_run_dir(cfg, DistInfo())
+    tr = Trainer(cfg, DistInfo())
+    seen = {k: [] for k in range(3)}
+    for k, enc in enumerate(tr.model.net.encoders):
+        enc.register_forward_hook(lambda m, args, out, k=k: seen[k].append(args[1].detach().double()))
+    for step in range(4):
+        tr.train_step(step)
+    for k in range(3):
+        t = torch.cat(seen[k]) / 999.0  # the dpm_solver time input is 999 t
+        assert t.numel() > 0 and torch.equal(tr.model.boundaries.stage_of_t(t), torch.full_like(t, k).long())
+
+
+def test_stopped_stage_is_frozen_and_never_drawn(tmp_path):
+    from msrepro.training.loop import Trainer, prepare_run_dir
+    from msrepro.training.distributed import DistInfo
+
+    cfg = cfg_for(tmp_path, "es", "model.variant=separate", "train.early_stopping.patience=2", "train.steps=4")
+    prepare_run_dir(cfg, DistInfo())
+    tr = Trainer(cfg, DistInfo())
+    tr.es.stopped[1] = 0
+    frozen = [p.clone() for p in [*tr.model.net.encoders[1].parameters(), *tr.model.net.decoders[1].parameters()]]
+    for step in range(4):
+        tr.train_step(step)
+    after = [*tr.model.net.encoders[1].parameters(), *tr.model.net.decoders[1].parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(frozen, after)) and tr.stage_counts[1] == 0
+    assert tr.stage_counts[0] > 0 and tr.stage_counts[2] > 0
+
+
+def test_early_stopping_rule():
+    es = EarlyStopping(2, patience=2, min_delta=0.01)
+    assert es.update([1.0, 1.0], 10) == []
+    assert es.update([0.95, 0.995], 20) == []      # stage 1 improved by less than min_delta: one bad evaluation
+    assert es.update([0.90, 1.2], 30) == [1]       # second bad evaluation: stage 1 stops at step 30
+    assert es.active() == [0] and es.stopped == [None, 30]
+
+
+# -- processes: SIGKILL, SIGTERM, DDP ---------------------------------------------------------------------
+def cli(tmp: Path, name: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "msrepro", "train", *FAST, f"output_dir={tmp}", f"name={name}", "--no-progress",
+            *extra]
+
+
+def env1() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, min_step: int, timeout: float = 120) -> None:
+    end = time.time() + timeout
+    while time.time() < end and proc.poll() is None:
+        last = latest_checkpoint(run_dir)
+        if last is not None and int(last.stem.split("-")[1]) >= min_step:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint at step >= {min_step} (process status {proc.poll()})")
+
+
+@pytest.mark.slow
+def test_sigkill_then_same_command_ends_equal_to_uninterrupted(tmp_path):
+    steps = ["train.steps=40", "train.checkpoint_every=10"]
+    ref = train(cfg_for(tmp_path, "ref", *steps), progress=False)
+    proc = subprocess.Popen(cli(tmp_path, "killed", *steps), env=env1(), stderr=subprocess.DEVNULL)
+    wait_for_checkpoint(tmp_path / "killed", proc, 10)
+    proc.kill()
+    proc.wait()
+    assert latest_checkpoint(tmp_path / "killed").stem < "ckpt-00000040"  # killed mid-run
+    subprocess.run(cli(tmp_path, "killed", *steps), env=env1(), check=True, capture_output=True)
+    assert_same(weights(ref.checkpoint), weights(latest_checkpoint(tmp_path / "killed")))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
+    proc = subprocess.Popen(cli(tmp_path, "term", "train.steps=100000", "train.checkpoint_every=1000"), env=env1(),
+                            stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "term" / "metrics.jsonl"
+    end = time.time() + 120
+    while time.time() < end and '"train"' not in (metrics.read_text() if metrics.is_file() else ""):
+        time.sleep(0.05)  # wait until it is training (a train record every 5 steps)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 124, err
+    last = latest_checkpoint(tmp_path / "term")
+    assert last is not None and 0 < load_checkpoint(last)["step"] < 1000  # saved at a step boundary, off-schedule
+    assert "preempted" in err
+
+
+def _ddp_worker(rank: int, tmp: str, port: int, policy: str) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    from msrepro.training import distributed as D
+    from msrepro.training.loop import Trainer, prepare_run_dir
+
+    cfg = cfg_for(Path(tmp), "ddp", *DDP_ARGS, f"train.stage_policy={policy}")
+    info = D.init_distributed("cpu")
+    prepare_run_dir(cfg, info)
+    tr = Trainer(cfg, info)
+    tr.run(progress=False)
+    torch.save(tr.model.state_dict(), Path(tmp) / f"rank{rank}.pt")  # each rank's live parameters
+    torch.distributed.destroy_process_group()
+
+
+DDP_ARGS = ["train.steps=6", "model.params.dropout=0.0", "train.checkpoint_every=3"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["stage_uniform", "per_sample"])
+def test_two_process_gloo_ddp_equals_one_process_with_the_same_global_batch(tmp_path, policy):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(str(tmp_path), port, policy), nprocs=2, join=True)
+    single = train(cfg_for(tmp_path, "single", *DDP_ARGS, f"train.stage_policy={policy}"), progress=False)
+    one = weights(single.checkpoint)
+    ddp = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    assert_same(ddp, weights(latest_checkpoint(tmp_path / "ddp")))  # rank 0 wrote the checkpoint
+    assert_same(ddp, torch.load(tmp_path / "rank1.pt", weights_only=True))
+    for k in one:
+        torch.testing.assert_close(ddp[k], one[k], rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(ddp[k], v) for k, v in build_initial(tmp_path).items())  # it did train
+
+
+def build_initial(tmp: Path) -> dict:
+    from msrepro.training.setup import build_model
+
+    return build_model(cfg_for(tmp, "init", *DDP_ARGS), torch.device("cpu")).state_dict()
