@@ -138,7 +138,7 @@ def check_preset(preset: str) -> str:
 
 def row_config(row: Row, preset: str, *, validate: bool = True) -> DictConfig:
     """The resolved run config of a run row at ``preset``: schema < backbone preset < row config < row preset."""
-    from msrepro.config import merge, schema
+    from msrepro.config import merge, normalize_unified, schema
     from msrepro.presets import preset_overrides
 
     check_preset(preset)
@@ -146,6 +146,7 @@ def row_config(row: Row, preset: str, *, validate: bool = True) -> DictConfig:
     cfg = merge(schema(), preset_overrides(row.backbone, preset), where=f"{where}: backbone preset")
     cfg = merge(cfg, OmegaConf.create(row.config), where=f"{where}: config")
     cfg = merge(cfg, OmegaConf.create(row.presets.get(preset) or {}), where=f"{where}: presets.{preset}")
+    cfg = normalize_unified(cfg)  # as load_config: a unified model carries no stage settings
     if validate:
         from msrepro.validate import validate_run_config
 
