@@ -94,3 +94,26 @@ def test_time_limits():
     assert [parse_time(t) for t in ("48:00:00", "1-00:00:00", "10", "05:30", "00:20:01")] == [2880, 1440, 10, 6, 21]
     assert load_profile("local").resources("train").timeout_min == 60
     assert Path(load_profile("example").name) == Path("example")
+
+
+def test_groups_larger_than_the_max_array_size_are_split():
+    from dataclasses import replace
+
+    from msrepro.launch import _array_plan
+    from msrepro.launch.executors import plan_groups
+    from msrepro.launch.state import StepState
+
+    graph = plan(["table4"], "smoke")
+    states = {s: StepState(s, "missing") for s in graph.steps}
+    groups = plan_groups(graph, set(graph.steps), states)
+    assert sum(len(g.steps) for g in groups) == len(graph.steps)
+    clusters = next(g for g in groups if g.kind == "cluster" and not g.deps)
+    assert len(clusters.steps) == 3  # timestep, snr, optimal_denoiser: no upstream, one array
+    text = "\n".join(_array_plan(graph, "slurm", replace(load_profile("local"), max_array_size=2)))
+    assert "array of 3 (split into 2)" in text
+    # a step whose upstream is still queued from an earlier submission waits on that job id
+    cell = graph.cells[graph.rows["table4.snr"].cell]
+    states[cell.cluster] = StepState(cell.cluster, "queued", job_id="77_1")
+    later = plan_groups(graph, set(graph.steps) - {cell.cluster}, states)
+    train = next(g for g in later if any(s.id == cell.train for s in g.steps))
+    assert train.deps == ("77_1",)
