@@ -30,9 +30,11 @@ class Run:
     info: dict[str, Any]
     graph: dict[str, Any]
 
+    label: str | None = None  # set by build() when two runs share a name
+
     @property
     def name(self) -> str:
-        return self.info.get("name") or self.path.name
+        return self.label or self.info.get("name") or self.path.name
 
     @property
     def preset(self) -> str:
@@ -156,6 +158,9 @@ def row_status(run: Run, row: Row) -> str:
 def build(table: Table, runs: list[Run]) -> tuple[list[str], list[list[str]], list[str]]:
     """(headers, rows, notes) of ``table`` for ``runs``: per column the paper's value, then each run's value and
     its difference to the paper where like-for-like."""
+    names = [r.info.get("name") or r.path.name for r in runs]
+    for run, name in zip(runs, names):  # runs of the same name are told apart by their folder
+        run.label = str(run.path) if names.count(name) > 1 else None
     headers = ["Method"]
     notes: list[str] = []
     metric_names: dict[str, set[str]] = {r.name: set() for r in runs}
