@@ -40,8 +40,12 @@ def test_slurm_states_from_squeue(run, monkeypatch):
     assert [states[s].state for s in ("cluster-k", "train-t", "evaluate-c")] == ["done", "running", "queued"]
     assert states["evaluate-c"].reason == "Dependency"
     # the training job dies (node failure, OOM kill, ...) and SLURM forgets it; without sacct nothing else knows
+    monkeypatch.setattr(S, "sacct_state", lambda job: None)  # no accounting storage (sacct unavailable)
     dead = S.step_state(run, "train-t", {"42": ("PENDING", "Dependency")})
     assert dead.state == "failed" and "died" in dead.reason and dead.log == "/logs/41.err"
+    monkeypatch.setattr(S, "sacct_state", lambda job: {"41": "OUT_OF_MEMORY"}.get(job))  # with slurmdbd
+    dead = S.step_state(run, "train-t", {"42": ("PENDING", "Dependency")})
+    assert dead.state == "failed" and "OUT_OF_MEMORY" in dead.reason
     ended = S.step_state(run, "train-t", {"41": ("COMPLETED", "None")})
     assert ended.state == "failed" and "without writing its result" in ended.reason
     cancelled = S.step_state(run, "evaluate-c", {"42": ("CANCELLED", "DependencyNeverSatisfied")})
