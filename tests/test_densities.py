@@ -143,3 +143,15 @@ def test_ema_update_is_the_moving_average():
     ema.update(net, 0.9)
     for e, o, p in zip(ema.module.parameters(), old, net.parameters()):
         torch.testing.assert_close(e, 0.9 * o + 0.1 * p)
+
+
+def test_per_rank_fixes_the_stage_of_each_rank_slice():
+    policy, bounds = edm_policy("per_rank")
+    policy.world_size = 6
+    g = gen(6)
+    sb = policy.draw(12, g, g)
+    assert sb.stage.tolist() == [0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2]
+    assert torch.equal(bounds.stage_of_sigma(sb.sigma), sb.stage)
+    policy.world_size = 2
+    with pytest.raises(ConfigError, match="multiple of 3"):
+        policy.draw(12, g, g)

@@ -150,13 +150,13 @@ def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, min_step: int, ti
 
 @pytest.mark.slow
 def test_sigkill_then_same_command_ends_equal_to_uninterrupted(tmp_path):
-    steps = ["train.steps=40", "train.checkpoint_every=10"]
+    steps = ["train.steps=24", "train.checkpoint_every=6"]
     ref = train(cfg_for(tmp_path, "ref", *steps), progress=False)
     proc = subprocess.Popen(cli(tmp_path, "killed", *steps), env=env1(), stderr=subprocess.DEVNULL)
-    wait_for_checkpoint(tmp_path / "killed", proc, 10)
+    wait_for_checkpoint(tmp_path / "killed", proc, 6)
     proc.kill()
     proc.wait()
-    assert latest_checkpoint(tmp_path / "killed").stem < "ckpt-00000040"  # killed mid-run
+    assert latest_checkpoint(tmp_path / "killed").stem < "ckpt-00000024"  # killed mid-run
     subprocess.run(cli(tmp_path, "killed", *steps), env=env1(), check=True, capture_output=True)
     assert_same(weights(ref.checkpoint), weights(latest_checkpoint(tmp_path / "killed")))
 
@@ -193,11 +193,11 @@ def _ddp_worker(rank: int, tmp: str, port: int, policy: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-DDP_ARGS = ["train.steps=6", "model.params.dropout=0.0", "train.checkpoint_every=3"]
+DDP_ARGS = ["train.steps=4", "model.params.dropout=0.0", "train.checkpoint_every=2"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("policy", ["stage_uniform", "per_sample"])
+@pytest.mark.parametrize("policy", ["per_sample"])  # mixed routing: decoders unused on one rank, used on the other
 def test_two_process_gloo_ddp_equals_one_process_with_the_same_global_batch(tmp_path, policy):
     import socket
 

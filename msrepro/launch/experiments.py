@@ -146,7 +146,7 @@ def row_config(row: Row, preset: str, *, validate: bool = True) -> DictConfig:
     cfg = merge(schema(), preset_overrides(row.backbone, preset), where=f"{where}: backbone preset")
     cfg = merge(cfg, OmegaConf.create(row.config), where=f"{where}: config")
     cfg = merge(cfg, OmegaConf.create(row.presets.get(preset) or {}), where=f"{where}: presets.{preset}")
-    cfg = normalize_unified(cfg)  # as load_config: a unified model carries no stage settings
+    cfg = normalize_unified(cfg)  # the same canonical form as load_config: equal models hash equal
     if validate:
         from msrepro.validate import validate_run_config
 

@@ -80,6 +80,15 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def mean_over_ranks(values: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:
+    """The mean of each value over ranks (so decisions taken from them, e.g. early stopping, agree)."""
+    if not info.enabled:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(values, (t / info.world_size).tolist()))
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

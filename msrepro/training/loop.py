@@ -77,12 +77,15 @@ class Trainer:
     def __init__(self, cfg: DictConfig, info: D.DistInfo) -> None:
         self.cfg, self.info = cfg, info
         self.device = S.pick_device(cfg.device, info)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         self.run_dir = run_dir_of(cfg)
         self.model = S.build_model(cfg, self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.ema = EMA(self.model) if cfg.train.ema_decay is not None or cfg.train.ema_halflife_kimg else None
         self.opt = S.build_optimizer(cfg, self.params)
         self.density, self.policy = S.noise_setup(cfg, self.model)
+        self.policy.world_size = info.world_size
         self.num_stages = self.policy.num_stages
         self.es = S.build_early_stopping(cfg.train.early_stopping, self.num_stages, cfg.model.variant)
         self.dataset = self._dataset()
@@ -157,7 +160,7 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Held-out losses of the raw (and EMA) weights; feeds early stopping; appended to metrics.jsonl."""
         bs, dev = max(64, self.cfg.train.batch_size), self.device
-        raw = heldout_losses(self.model, self.heldout, bs, dev)
+        raw = D.mean_over_ranks(heldout_losses(self.model, self.heldout, bs, dev), self.info, dev)
         rec: dict[str, Any] = {"kind": "heldout", "step": self.step, "heldout_loss": raw["all"],
                                "heldout_loss_stage": [raw[f"stage{k}"] for k in range(self.num_stages)]
                                if self.num_stages > 1 else [raw["all"]]}

@@ -10,6 +10,7 @@ own interval (the official separate training ignored its interval arguments, SPE
   3.5 / 0.35 %); each sample's sigma then follows the native density exactly.
 - ``per_sample`` (ours): every sample picks its own stage, uniformly (``stage_weights: uniform``) or by the
   density's masses (``stage_weights: density``, i.e. plain draws from the density routed per sample).
+- ``per_rank`` (official LDM): the stage is fixed per process (rank r trains stage r mod K).
 
 A batch-wide stage is drawn from the ``shared`` generator (same seed on every DDP rank, so ranks agree);
 everything per sample from ``local``.
@@ -135,6 +136,25 @@ class PerSample(StagePolicy):
             d = self.draw_in(k, len(idx), local)
             t[idx], sigma[idx] = d.t, d.sigma
         return StageBatch(t, sigma, stage)
+
+
+@STAGE_POLICIES.register("per_rank")
+class PerRank(StagePolicy):
+    """Stage fixed per process (official LDM multistage: one GPU per stage): the slice of rank r, in a global
+    batch split over ``world_size`` ranks, trains stage ``r mod K``; needs a multiple of K processes."""
+
+    name = "per_rank"
+    world_size: int = 1  # set by the trainer
+
+    def draw(self, n, shared, local, active=None):
+        w = self.world_size
+        if w % self.num_stages or n % w:
+            raise ConfigError(f"train.stage_policy=per_rank: {w} process(es) for {self.num_stages} stages; needs a "
+                              f"multiple of {self.num_stages} processes and a batch they divide")
+        per, parts = n // w, []
+        for r in range(w):
+            parts.append(self.one_stage(r % self.num_stages, per, local))
+        return StageBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in ("t", "sigma", "stage")))
 
 
 def build_policy(name: str, params: Any, density: NoiseDensity, boundaries: StageBoundaries | None) -> StagePolicy:

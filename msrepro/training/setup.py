@@ -82,6 +82,10 @@ def check_training(cfg: DictConfig, world_size: int = 1) -> None:
     check_train_options(cfg)
     if cfg.train.batch_size % world_size:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} does not split over {world_size} processes")
+    k = 1 if cfg.model.variant == "unified" else cfg.stages.num_stages
+    if cfg.train.stage_policy == "per_rank" and world_size % k:
+        raise ConfigError(f"train.stage_policy=per_rank fixes one stage per process: {k} stages need a multiple of "
+                          f"{k} processes, got {world_size}")
     if cfg.train.augment_p > 0:
         from msrepro.training.augment import AUGMENT_DIM
 
