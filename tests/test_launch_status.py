@@ -40,8 +40,12 @@ def test_slurm_states_from_squeue(run, monkeypatch):
     assert [states[s].state for s in ("cluster-k", "train-t", "evaluate-c")] == ["done", "running", "queued"]
     assert states["evaluate-c"].reason == "Dependency"
     # the training job dies (node failure, OOM kill, ...) and SLURM forgets it; without sacct nothing else knows
+    monkeypatch.setattr(S, "sacct_state", lambda job: None)  # no accounting storage (sacct unavailable)
     dead = S.step_state(run, "train-t", {"42": ("PENDING", "Dependency")})
     assert dead.state == "failed" and "died" in dead.reason and dead.log == "/logs/41.err"
+    monkeypatch.setattr(S, "sacct_state", lambda job: {"41": "OUT_OF_MEMORY"}.get(job))  # with slurmdbd
+    dead = S.step_state(run, "train-t", {"42": ("PENDING", "Dependency")})
+    assert dead.state == "failed" and "OUT_OF_MEMORY" in dead.reason
     ended = S.step_state(run, "train-t", {"41": ("COMPLETED", "None")})
     assert ended.state == "failed" and "without writing its result" in ended.reason
     cancelled = S.step_state(run, "evaluate-c", {"42": ("CANCELLED", "DependencyNeverSatisfied")})
@@ -67,3 +71,40 @@ def test_status_command_reports_the_dead_job(run, monkeypatch, capsys):
     assert "done" in line and "failed [987654]" in line and "/logs/987654.err" in line
     assert "missing" in line  # the evaluate step was never submitted
     assert "failed 1" in out and "done 1" in out
+
+
+def test_resubmitting_runs_only_failed_and_missing_steps(tmp_path, monkeypatch):
+    """Debug executor on a hand-made graph of fake steps: a done step is skipped, a failed one runs again."""
+    from msrepro.launch import steps as St
+    from msrepro.launch import executors as Sub
+    from msrepro.launch.graph import JobGraph, Step
+    from omegaconf import OmegaConf
+
+    ran = []
+
+    def fake(run_dir, spec, progress):
+        ran.append(spec["id"])
+        if spec["id"] == "train-b" and ran.count("train-b") == 1:
+            raise RuntimeError("first attempt dies")
+        return {}
+
+    monkeypatch.setattr(St, "STEPS", {"cluster": fake, "train": fake, "evaluate": fake})
+    monkeypatch.setattr(S, "squeue_states", lambda: {})
+    cfg = OmegaConf.create({})
+    graph = JobGraph("smoke", ["t"])
+    for sid, deps in (("cluster-a", []), ("train-b", ["cluster-a"]), ("train-c", [])):
+        graph.steps[sid] = Step(sid.split("-")[0], sid.split("-")[1], cfg, deps=deps)
+    run_dir = tmp_path / "run"
+
+    def go():
+        states = Sub.prepare_run(run_dir, graph, "debug", None)
+        todo = {s for s, st in states.items() if st.state != "done"}
+        return Sub.run_driver(run_dir, graph, todo, states, "debug", progress=False)
+
+    with pytest.raises(RuntimeError):
+        go()  # debug re-raises: the failure is recorded and the run stops there
+    assert ran == ["cluster-a", "train-b"]
+    assert (step_dir(run_dir, "train-b") / "failed.json").is_file()
+    final = go()
+    assert ran == ["cluster-a", "train-b", "train-b", "train-c"]  # cluster-a was done: not run again
+    assert final == {"train-b": "done", "train-c": "done"}

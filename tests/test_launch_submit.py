@@ -20,8 +20,8 @@ def dry_full(tmp_path_factory):
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert main(["submit", "all", "--preset", "full", "--executor", "debug", "--profile", "example",
-                     "--dry-run"]) == 0
+        assert main(["submit", "all", "--preset", "full", "--executor", "slurm", "--profile", "example",
+                     "--dry-run"]) == 0  # planning needs no sbatch
     return buf.getvalue()
 
 
@@ -32,13 +32,20 @@ def test_dry_run_lists_every_cell_once_with_resources(dry_full):
         assert len(re.findall(rf"^{key}\s", dry_full, re.M)) == 1, key  # the cell table: one line per cell
     for sid, step in graph.steps.items():
         line = next(ln for ln in dry_full.splitlines() if f" {sid} " in ln)
-        gpus = {"train": 4, "cluster": 1, "evaluate": 1}[step.kind]
-        limit = {"train": "48:00:00", "cluster": "04:00:00", "evaluate": "08:00:00"}[step.kind]
+        gpus = {"train": 4, "cluster": 1, "evaluate": 1, "vae": 1}[step.kind]
+        limit = {"train": "48:00:00", "cluster": "04:00:00", "evaluate": "08:00:00", "vae": "48:00:00"}[step.kind]
         assert re.search(rf"\s{gpus}\s+\d+\s+{limit}\s", line), line
         for d in step.deps:
             assert d in line
     assert "table1.ddpm: quoted" in dry_full
     assert "dry run: nothing submitted" in dry_full
+    # the sbatch plan: level-0 cluster steps of one kind go out as one array; each later job names its afterok
+    plan_lines = dry_full.split("sbatch submissions")[1].split("\n\n")[0].splitlines()[1:]
+    first = next(ln for ln in plan_lines if " cluster " in ln)
+    level0 = [s for s in graph.levels()[0] if s.kind == "cluster"]
+    assert f"array of {len(level0)}" in first and first.endswith("afterok: -")
+    sizes = [1 if ln.split()[2] == "single" else int(ln.split()[4]) for ln in plan_lines]
+    assert sum(sizes) == len(graph.steps)  # every step goes out exactly once
 
 
 @pytest.mark.slow
@@ -87,3 +94,26 @@ def test_time_limits():
     assert [parse_time(t) for t in ("48:00:00", "1-00:00:00", "10", "05:30", "00:20:01")] == [2880, 1440, 10, 6, 21]
     assert load_profile("local").resources("train").timeout_min == 60
     assert Path(load_profile("example").name) == Path("example")
+
+
+def test_groups_larger_than_the_max_array_size_are_split():
+    from dataclasses import replace
+
+    from msrepro.launch import _array_plan
+    from msrepro.launch.executors import plan_groups
+    from msrepro.launch.state import StepState
+
+    graph = plan(["table4"], "smoke")
+    states = {s: StepState(s, "missing") for s in graph.steps}
+    groups = plan_groups(graph, set(graph.steps), states)
+    assert sum(len(g.steps) for g in groups) == len(graph.steps)
+    clusters = next(g for g in groups if g.kind == "cluster" and not g.deps)
+    assert len(clusters.steps) == 3  # timestep, snr, optimal_denoiser: no upstream, one array
+    text = "\n".join(_array_plan(graph, "slurm", replace(load_profile("local"), max_array_size=2)))
+    assert "array of 3 (split into 2)" in text
+    # a step whose upstream is still queued from an earlier submission waits on that job id
+    cell = graph.cells[graph.rows["table4.snr"].cell]
+    states[cell.cluster] = StepState(cell.cluster, "queued", job_id="77_1")
+    later = plan_groups(graph, set(graph.steps) - {cell.cluster}, states)
+    train = next(g for g in later if any(s.id == cell.train for s in g.steps))
+    assert train.deps == ("77_1",)

@@ -112,3 +112,10 @@ def test_all_formats_written_and_cli(full_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Multistage (ours)" in out and "2.40" in out
     assert (tmp_path / "cli" / "table3.md").is_file()
+
+
+def test_runs_with_the_same_name_are_told_apart_by_folder(full_run, tmp_path):
+    other = make_run(tmp_path / "elsewhere", "A", "full", {"table3.unified": ("u", _result("fid", 2.60, steps=1,
+                                                                                          gmacs=[17.64]))})
+    header = next(csv.reader(io.StringIO(render(load_table("table3"), [Run.load(full_run), Run.load(other)], "csv"))))
+    assert f"FID ({full_run})" in header and f"FID ({other})" in header

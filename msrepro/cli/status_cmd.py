@@ -17,9 +17,16 @@ def status_rows(run_dir) -> tuple[list[list[str]], dict[str, int], dict]:
     from msrepro.launch.rundir import read_json
     from msrepro.launch.state import run_states
 
+    from msrepro.launch.state import StepState
+
     graph = read_json(run_dir / "graph.json") or {}
     steps = list(graph.get("steps", {}))
-    states = run_states(run_dir, steps)
+    saved = read_json(run_dir / "states.json")
+    if saved is not None and not (run_dir / "steps").is_dir():  # a results/<run> copy keeps its final states
+        states = {s: StepState(s, saved.get(s, {}).get("state", "missing"), reason=saved.get(s, {}).get("reason", ""))
+                  for s in steps}
+    else:
+        states = run_states(run_dir, steps)
     rows, counts = [], {}
     for key, cell in graph.get("cells", {}).items():
         ids = [cell.get("cluster"), cell["train"], cell["evaluate"]]

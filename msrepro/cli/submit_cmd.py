@@ -26,9 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from msrepro.launch import dry_run_text, plan, submit
     from msrepro.launch import resolve_profile
-    from msrepro.launch.submit import check_executor, default_executor
+    from msrepro.launch.executors import check_executor, default_executor
 
-    executor = check_executor(args.executor) if args.executor else None
+    executor = check_executor(args.executor, available=not args.dry_run) if args.executor else None
     if args.dry_run:
         executor = executor or default_executor()
         profile = resolve_profile(executor, args.profile)

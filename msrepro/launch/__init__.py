@@ -14,7 +14,7 @@ from typing import Any, Callable
 from msrepro.launch.experiments import PRESETS, Table, check_preset, select_tables, table_names
 from msrepro.launch.graph import JobGraph, build_graph
 from msrepro.launch.profiles import Profile, default_profile, load_profile
-from msrepro.launch.submit import EXECUTORS, check_executor, default_executor
+from msrepro.launch.executors import EXECUTORS, check_executor, default_executor
 
 __all__ = ["PRESETS", "EXECUTORS", "JobGraph", "SubmitReport", "plan", "submit", "dry_run_text", "table_names",
            "select_tables", "load_profile"]
@@ -51,7 +51,7 @@ def submit(tables: list[str] | tuple[str, ...], preset: str, *, executor: str | 
            on_finish: Callable[[str, str], None] | None = None) -> SubmitReport:
     """Submit the missing or failed steps of ``tables`` at ``preset`` into run folder ``root/run`` (default name:
     the preset). SLURM returns once everything is queued; local and debug return when the steps have finished."""
-    from msrepro.launch.submit import prepare_run, run_driver, snapshot_code, submit_slurm
+    from msrepro.launch.executors import prepare_run, run_driver, snapshot_code, submit_slurm
 
     executor = check_executor(executor or default_executor())
     prof = resolve_profile(executor, profile)
@@ -82,7 +82,7 @@ def submit(tables: list[str] | tuple[str, ...], preset: str, *, executor: str | 
 def _array_plan(graph: JobGraph, executor: str, profile: Profile) -> list[str]:
     """How SLURM would receive the graph: one sbatch (array or single job) per group, with its dependencies."""
     from msrepro.launch.state import StepState
-    from msrepro.launch.submit import plan_groups
+    from msrepro.launch.executors import plan_groups
 
     if executor != "slurm":
         return [f"{executor}: steps run when their dependencies are done (no sbatch)", ""]

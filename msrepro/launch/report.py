@@ -85,7 +85,8 @@ def write_readme(out: Path, command: str, info: dict[str, Any], made: dict[str, 
 
     lines = [f"# msrepro reproduction: preset {info.get('preset')}", "",
              "Made by:", "", "```bash", command, "```", "",
-             f"- wall time: {wall_s:.0f} s on {sys.platform} ({_cpu_count()} CPU cores)",
+             f"- wall time: {wall_s:.0f} s on {sys.platform} ({_cpu_count()} CPU cores, load average "
+             f"{_load():.1f} at the end)",
              f"- code: {info.get('code_version')}",
              f"- tables: {', '.join(info.get('tables', []))} (`table*.md`, `.tex`, `.csv`, `.json`)",
              f"- cell results: {len(made['cells'])} JSON files in `cells/`",
@@ -93,6 +94,12 @@ def write_readme(out: Path, command: str, info: dict[str, Any], made: dict[str, 
     if problems:
         lines += ["Problems:", ""] + [f"- {p}" for p in problems] + [""]
     atomic_write_text(out / "README.md", "\n".join(lines))
+
+
+def _load() -> float:
+    import os
+
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def _cpu_count() -> int:

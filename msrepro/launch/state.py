@@ -56,6 +56,20 @@ def squeue_states() -> dict[str, tuple[str, str]] | None:
     return states
 
 
+def sacct_state(job_id: str) -> str | None:
+    """The final state SLURM accounting recorded for ``job_id`` (e.g. TIMEOUT, OUT_OF_MEMORY), or None where
+    ``sacct`` is missing or has no accounting storage behind it."""
+    if shutil.which("sacct") is None:
+        return None
+    try:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
+    return lines[0].split()[0] if out.returncode == 0 and lines else None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -85,8 +99,10 @@ def step_state(run_dir: Path, step_id: str, queue: dict[str, tuple[str, str]] | 
         if queue is None:
             return StepState(step_id, "queued", job_id, log, "squeue unavailable: state unknown")
         if job_id not in queue:
-            return StepState(step_id, "failed", job_id, log, f"job {job_id} is gone from SLURM and left no result "
-                                                             f"(died; see its log)")
+            final = sacct_state(job_id)
+            why = f"SLURM accounting: {final}" if final else "gone from squeue (no sacct)"
+            return StepState(step_id, "failed", job_id, log, f"job {job_id} left no result ({why}; died, see its "
+                                                             f"log)")
         state, reason = queue[job_id]
         if state in QUEUED:
             return StepState(step_id, "queued", job_id, log, reason if reason != "None" else "")

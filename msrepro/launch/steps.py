@@ -107,19 +107,6 @@ def run_train(run_dir: Path, spec: dict[str, Any], progress: bool) -> dict[str, 
             "metrics": dict(result.metrics)}
 
 
-def _eval_checkpoint(run_dir: Path, spec: dict[str, Any], cfg: DictConfig, checkpoint: Path) -> Path:
-    """The checkpoint to evaluate: the trained one, or a copy carrying this cell's sample/eval sections when the
-    training run was shared with a cell that samples differently (e.g. EDM at 25 and at 35 NFE)."""
-    from msrepro.checkpoint import load_checkpoint, save_checkpoint
-
-    state = load_checkpoint(checkpoint)
-    stored = state["config"]
-    if all(to_dict(stored.get(k)) == to_dict(cfg[k]) for k in ("sample", "eval")):
-        return checkpoint
-    state["config"] = {**to_dict(stored), "sample": to_dict(cfg.sample), "eval": to_dict(cfg.eval)}
-    return save_checkpoint(step_dir(run_dir, spec["id"]) / "checkpoint-eval.pt", state)
-
-
 def _sample_grid(checkpoint: Path, sample_cfg: Any, out: Path) -> str | None:
     from msrepro.checkpoint import load_model
     from msrepro.models import data_shape
@@ -144,16 +131,10 @@ def run_evaluate(run_dir: Path, spec: dict[str, Any], progress: bool) -> dict[st
     train = _upstream(run_dir, spec, "train")
     train_spec = read_json(step_dir(run_dir, spec["train"]) / SPEC) or {}
     cluster = _upstream(run_dir, train_spec, "cluster")
-    import inspect
-
     checkpoint = Path(train["checkpoint"])
-    t0 = time.time()
-    if "sample" in inspect.signature(evaluate_checkpoint).parameters:
-        ev = evaluate_checkpoint(str(checkpoint), metrics=list(cfg.eval.metrics), num=int(cfg.eval.num_samples),
-                                 repeats=int(cfg.eval.repeats), sample=to_dict(cfg.sample), progress=progress)
-    else:  # an evaluation without sampler overrides reads the sample section of the checkpoint's config
-        checkpoint = _eval_checkpoint(run_dir, spec, cfg, checkpoint)
-        ev = evaluate_checkpoint(str(checkpoint), progress=progress)
+    t0 = time.time()  # this cell's sampler and metrics, on a training run other cells may share
+    ev = evaluate_checkpoint(str(checkpoint), metrics=list(cfg.eval.metrics), num=int(cfg.eval.num_samples),
+                             repeats=int(cfg.eval.repeats), sample=to_dict(cfg.sample), progress=progress)
     eval_s = time.time() - t0
     grid = None
     try:
@@ -162,10 +143,11 @@ def run_evaluate(run_dir: Path, spec: dict[str, Any], progress: bool) -> dict[st
         print(f"sample grid failed: {exc}")
     acc_cfg = train_config(run_dir, read_json(step_dir(run_dir, spec["train"]) / SPEC))
     acc = accounting(acc_cfg)
-    timings = {"evaluate_s": eval_s, "train_s": train["wall_s"], "cluster_s": cluster["wall_s"] if cluster else None}
+    timings = {"metrics_s": eval_s, "train_s": train["wall_s"], "cluster_s": cluster["wall_s"] if cluster else None}
     return {"cell": spec["key"], "rows": spec["rows"], "preset": spec["preset"], "config": to_dict(cfg),
             "hash": spec["key"], "code_version": spec.get("code_version") or code_version(),
-            "metrics": ev["metrics"], "metrics_std": ev.get("metrics_std"), "nfe": ev.get("nfe"), "num_samples": ev.get("num_samples"),
+            "metrics": ev["metrics"], "metrics_std": ev.get("metrics_std"), "nfe": ev.get("nfe"),
+            "num_samples": ev.get("num_samples"),
             "protocol": ev.get("protocol"), "checkpoint": str(checkpoint), "step": ev.get("step"),
             "train": {"steps": int(cfg.train.steps), "step": train["step"], "metrics": train["metrics"],
                       "run_dir": train["run_dir"]},

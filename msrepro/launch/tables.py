@@ -30,9 +30,11 @@ class Run:
     info: dict[str, Any]
     graph: dict[str, Any]
 
+    label: str | None = None  # set by build() when two runs share a name
+
     @property
     def name(self) -> str:
-        return self.info.get("name") or self.path.name
+        return self.label or self.info.get("name") or self.path.name
 
     @property
     def preset(self) -> str:
@@ -115,6 +117,8 @@ def fmt(v: Any, spec: str) -> str:
         return "nan"
     if spec == "d":
         return str(int(round(v)))
+    if spec == "auto":  # two decimals, or three significant digits for small values (tiny models)
+        return f"{v:.2f}" if v == 0 or abs(v) >= 0.1 else f"{v:.3g}"
     return format(v, spec) if spec else str(v)
 
 
@@ -122,7 +126,7 @@ def _diff(a: Any, b: Any, spec: str) -> str:
     if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
         return "-"
     d = a - b
-    s = fmt(d, spec if spec != "d" else "d")
+    s = fmt(d, ".2f" if spec == "auto" and max(abs(a), abs(b)) >= 0.1 else spec)
     return s if s.startswith("-") else f"+{s}"
 
 
@@ -154,6 +158,9 @@ def row_status(run: Run, row: Row) -> str:
 def build(table: Table, runs: list[Run]) -> tuple[list[str], list[list[str]], list[str]]:
     """(headers, rows, notes) of ``table`` for ``runs``: per column the paper's value, then each run's value and
     its difference to the paper where like-for-like."""
+    names = [r.info.get("name") or r.path.name for r in runs]
+    for run, name in zip(runs, names):  # runs of the same name are told apart by their folder
+        run.label = str(run.path) if names.count(name) > 1 else None
     headers = ["Method"]
     notes: list[str] = []
     metric_names: dict[str, set[str]] = {r.name: set() for r in runs}

@@ -40,10 +40,11 @@ def default_executor() -> str:
     return "local"
 
 
-def check_executor(name: str) -> str:
+def check_executor(name: str, *, available: bool = True) -> str:
+    """A valid executor name; with ``available``, SLURM must also be reachable (sbatch on PATH)."""
     if name not in EXECUTORS:
         raise ConfigError(f"unknown executor '{name}'; valid executors: {', '.join(EXECUTORS)}")
-    if name == "slurm" and shutil.which("sbatch") is None:
+    if available and name == "slurm" and shutil.which("sbatch") is None:
         raise ConfigError("executor 'slurm': sbatch not found on PATH (start slurm/start_cluster.sh or use --executor "
                           "local)")
     return name
@@ -72,7 +73,8 @@ def snapshot_code(run_dir: Path) -> Path:
 
 
 def write_specs(run_dir: Path, graph: JobGraph, states: dict[str, StepState], code: dict[str, Any]) -> None:
-    """``spec.json`` of every step that is not done or in flight (those keep the spec they run with)."""
+    """``spec.json`` of every step that is not done or in flight (those keep the spec they run with); a failed
+    step's ``failed.json`` goes, since it is about to be submitted again."""
     for step in graph.steps.values():
         if states[step.id].state in ("done", "running", "queued"):
             continue
@@ -82,6 +84,7 @@ def write_specs(run_dir: Path, graph: JobGraph, states: dict[str, StepState], co
             cell = graph.cells[step.key]
             spec.update(rows=cell.rows, train=cell.train)
         write_json(step_dir(run_dir, step.id) / SPEC, spec)
+        (step_dir(run_dir, step.id) / "failed.json").unlink(missing_ok=True)  # submitted again
 
 
 def prepare_run(run_dir: Path, graph: JobGraph, executor: str, profile: Profile | None) -> dict[str, StepState]:
@@ -221,6 +224,9 @@ def run_driver(run_dir: Path, graph: JobGraph, todo: set[str], states: dict[str,
                     on_finish(sid, state)
         bar.set_postfix(failed=sum(v == "failed" for v in final.values()), refresh=False)
 
+    from msrepro.launch.steps import clear_claims
+
+    clear_claims(run_dir, order)  # no worker runs on these steps now: earlier claims are stale
     try:
         if executor == "debug":
             from msrepro.launch.steps import StepWorker
@@ -243,9 +249,8 @@ def run_driver(run_dir: Path, graph: JobGraph, todo: set[str], states: dict[str,
 def _submit_workers(run_dir: Path, order: list[str], parallel: int, snapshot: Path | None) -> list:
     import submitit
 
-    from msrepro.launch.steps import StepWorker, clear_claims
+    from msrepro.launch.steps import StepWorker
 
-    clear_claims(run_dir, order)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = max(1, min(parallel, len(order)))
     ex = submitit.LocalExecutor(folder=run_dir / "logs" / "%j")
