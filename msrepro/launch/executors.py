@@ -234,9 +234,15 @@ def run_driver(run_dir: Path, graph: JobGraph, todo: set[str], states: dict[str,
             StepWorker(str(run_dir), order, threads=0, executor="debug", on_step=lambda sid: poll())()
         else:
             jobs = _submit_workers(run_dir, order, parallel, snapshot)
-            while not all(j.done() for j in jobs):
-                poll()
-                time.sleep(1.0)
+            try:
+                while not all(j.done() for j in jobs):
+                    poll()
+                    time.sleep(1.0)
+            except BaseException:  # interrupted: take the workers down with the driver
+                for j in jobs:
+                    if not j.done():
+                        j.cancel(check=False)
+                raise
             for j in jobs:
                 if j.state not in ("DONE", "COMPLETED", "FINISHED") and j.exception() is not None:
                     print(f"worker {j.job_id} failed; log: {j.paths.stderr}", file=sys.stderr)

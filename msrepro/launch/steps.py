@@ -270,8 +270,8 @@ class StepWorker:
                     try:
                         run_step(run_dir, sid)
                     except Exception as exc:  # failed.json holds the traceback; go on with the others
-                        if self.executor == "debug":
-                            raise
+                        if self.executor == "debug" or _is_preempted(exc):
+                            raise  # a preempted worker stops (its step resumes when submitted again)
                         print(f"step {sid} failed: {type(exc).__name__}: {exc}")
                     ran += 1
                     if self.on_step:
