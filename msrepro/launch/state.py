@@ -3,7 +3,9 @@
 A step is ``done`` / ``failed`` when its ``done.json`` / ``failed.json`` exists. Otherwise its last recorded job is
 looked up: SLURM jobs through ``squeue`` (pending -> queued, running -> running); a SLURM job that squeue no
 longer knows, or that ended without writing a result, is ``failed`` ("died") instead of being waited on forever.
-Local jobs are processes: one whose pid is gone without a result died too.
+Local jobs are processes: one whose pid is gone without a result died too. Where SLURM accounting answers, the
+final state ``sacct`` recorded (FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, ...) is named in the reason;
+``MSREPRO_SACCT=0`` turns those lookups off (a cluster whose ``sacct`` hangs or answers for another cluster).
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ def squeue_states() -> dict[str, tuple[str, str]] | None:
 
 def sacct_state(job_id: str) -> str | None:
     """The final state SLURM accounting recorded for ``job_id`` (e.g. TIMEOUT, OUT_OF_MEMORY), or None where
-    ``sacct`` is missing or has no accounting storage behind it."""
-    if shutil.which("sacct") is None:
+    ``sacct`` is missing, has no accounting storage behind it, or ``MSREPRO_SACCT=0`` turns it off."""
+    if os.environ.get("MSREPRO_SACCT", "1") == "0" or shutil.which("sacct") is None:
         return None
     try:
         out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True,
