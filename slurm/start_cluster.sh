@@ -8,8 +8,8 @@
 # for the client commands, starts munged, slurmctld and slurmd in the background (pid files in the state dir) and
 # waits until the node is idle. With --accounting (or MSREPRO_SLURM_ACCOUNTING=1) it also installs Debian's
 # mariadb-server and slurmdbd if missing, starts a private mariadbd (datadir, socket and port under the state dir)
-# and slurmdbd, registers the cluster and waits until `sacct` answers. Idempotent: a cluster already running from this state dir is left alone.
-# Stop it with slurm/stop_cluster.sh.
+# and slurmdbd, registers the cluster and waits until `sacct` answers. Idempotent: a cluster already running from
+# this state dir is left alone. Stop it with slurm/stop_cluster.sh (stops every daemon it started, by PID).
 set -euo pipefail
 STATE=${MSREPRO_SLURM_DIR:-/tmp/msrepro-slurm}
 FAKE_GPUS=${MSREPRO_SLURM_FAKE_GPUS:-0}
@@ -41,11 +41,13 @@ if [ "$ACCOUNTING" = 1 ] && { ! command -v slurmdbd >/dev/null || ! command -v m
     MADE_POLICY=0
     [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
                                       chmod 755 /usr/sbin/policy-rc.d; MADE_POLICY=1; }
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends mariadb-server slurmdbd >/dev/null 2>&1 || {
+    APT_LOG=$(mktemp /tmp/msrepro-apt.XXXXXX)
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends mariadb-server slurmdbd; } \
+            >"$APT_LOG" 2>&1 || {
         [ "$MADE_POLICY" = 1 ] && rm -f /usr/sbin/policy-rc.d
-        log "apt-get install mariadb-server slurmdbd failed"; exit 1; }
-    [ "$MADE_POLICY" = 1 ] && rm -f /usr/sbin/policy-rc.d
+        log "apt-get install mariadb-server slurmdbd failed:"; tail -n 20 "$APT_LOG" >&2; exit 1; }
+    rm -f "$APT_LOG"
+    if [ "$MADE_POLICY" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 # another cluster of this script (other state dir) already serving this machine: use it, start nothing
