@@ -185,3 +185,17 @@ def format_report(acc: Mapping[str, Any]) -> str:
              + (f"; left out as in the official count: {', '.join(acc['gmacs_skipped_layers'])}"
                 if acc["gmacs_skipped_layers"] else "")]
     return "\n".join(lines)
+
+
+def paper_gflops(acc: dict[str, Any]) -> float | None:
+    """The paper's "GFLOPs" of a model from its ``accounting``: GMACs per forward pass, length-weighted over the
+    stages of a multistage model (Table 2); None when nothing was counted."""
+    gmacs = acc.get("gmacs") or []
+    if not gmacs:
+        return None
+    return float(gmacs[0]) if len(gmacs) == 1 else acc.get("gmacs_weighted_length")
+
+
+def training_pflops(iterations: float, gflops: float | None) -> float | None:
+    """Total training PFLOPs as the paper's Table 2 footnote counts them: iterations x GFLOPs x 1e-6."""
+    return None if gflops is None else float(iterations) * gflops * 1e-6

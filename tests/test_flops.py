@@ -112,3 +112,15 @@ def test_flops_command_table_and_errors(capsys):
         assert main(["flops", "dpm_solver"]) == 2
         assert "--channels" in capsys.readouterr().err
 
+
+
+def test_paper_gflops_and_training_pflops_follow_table_2():
+    from msrepro.flops import paper_gflops, training_pflops
+
+    multi = accounting(config("dpm_solver", "multistage"))
+    assert paper_gflops(multi) == pytest.approx(18.89, rel=5e-3)  # SPEC 4: length-weighted multistage GMACs
+    assert paper_gflops(accounting(config("dpm_solver", "unified"))) == pytest.approx(17.64, rel=5e-3)
+    # Table 2's own columns: iterations x GFLOPs x 1e-6 = PFLOPs (7.94 and 4.66 for DPM-Solver)
+    assert training_pflops(450_000, 17.65) == pytest.approx(7.94, abs=5e-3)
+    assert training_pflops(250_000, 18.65) == pytest.approx(4.66, abs=5e-3)
+    assert paper_gflops({}) is None and training_pflops(10, None) is None

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from msrepro.evaluation.evaluate import evaluate_checkpoint
 from msrepro.evaluation.metrics import LABELS
+from msrepro.flops import training_pflops
 from msrepro.io import append_jsonl, atomic_write
 
 EVAL_FILE = "eval.jsonl"
@@ -39,11 +40,9 @@ def read_eval(run_dir: str | Path) -> list[dict[str, Any]]:
 def gmacs_per_iteration(cfg: Any) -> float | None:
     """Length-weighted GMACs of one forward pass (the paper's "GFLOPs"), or None if it cannot be counted."""
     try:
-        from msrepro.flops import accounting
+        from msrepro.flops import accounting, paper_gflops
 
-        acc = accounting(cfg)
-        return float(acc["gmacs_weighted_length"] if acc.get("gmacs_weighted_length") is not None
-                     else acc["gmacs"][0])
+        return paper_gflops(accounting(cfg))
     except Exception:  # a backbone without FLOP support must not stop an evaluation
         return None
 
@@ -74,7 +73,7 @@ def evaluate_run(run_dir: str | Path, **kwargs: Any) -> list[dict[str, Any]]:
         result = evaluate_checkpoint(ckpt, **kwargs)
         record = {k: v for k, v in result.items() if k != "repeats"}
         record.update(checkpoint=str(Path(ckpt).resolve()), request=request, gmacs_per_iteration=gmacs,
-                      pflops=result["step"] * gmacs * 1e-6 if gmacs is not None else None)
+                      pflops=training_pflops(result["step"], gmacs))
         append_jsonl(run_dir / EVAL_FILE, record)
     return sorted((r for r in read_eval(run_dir) if r.get("request") == request), key=lambda r: r["step"])
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from msrepro.flops import paper_gflops, training_pflops
 from msrepro.launch.experiments import Column, Row, Table
 from msrepro.launch.rundir import cell_path, read_json
 
@@ -59,12 +60,7 @@ def quality_metric(result: dict[str, Any]) -> str:
 
 
 def _gflops(result: dict[str, Any]) -> float | None:
-    acc = result.get("flops") or {}
-    if not acc.get("gmacs"):
-        return None
-    if len(acc["gmacs"]) == 1:
-        return float(acc["gmacs"][0])
-    return acc.get("gmacs_weighted_length")
+    return paper_gflops(result.get("flops") or {})
 
 
 def _iterations(result: dict[str, Any]) -> float:
@@ -84,8 +80,7 @@ def value(column: Column, result: dict[str, Any], run: Run, row: Row) -> Any:
     if src == "gflops":
         return _gflops(result)
     if src == "pflops":
-        g = _gflops(result)
-        return None if g is None else _iterations(result) * g * 1e-6
+        return training_pflops(_iterations(result), _gflops(result))
     if src in ("t1", "t2"):
         cuts = (result.get("cluster") or {}).get("boundaries") or []
         i = 0 if src == "t1" else 1
