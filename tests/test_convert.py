@@ -536,3 +536,11 @@ def test_the_cli_offers_exactly_the_supported_formats():
     from msrepro.convert import formats
 
     assert list(import_cmd.FORMATS) == list(formats())
+
+
+def test_a_broken_pickle_is_a_clear_error(tmp_path):
+    _, _, path, items, _ = write_official("edm", tmp_path)
+    cut = tmp_path / "cut.pkl"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(pickle.UnpicklingError, match="cut.pkl: not a readable pickle"):
+        import_checkpoint("edm", cut, tmp_path / "x.pt", items)

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 #: how EDM's own tools read the file, for the error message when this reader cannot
-EDM_TOOL = ("load it with EDM's own code, as EDM's generate.py does (dnnlib.util.open_url + pickle.load, inside a "
-            "clone of NVlabs/edm), save net.state_dict() of the 'ema' network with torch.save, and import that .pt "
-            "file with the same format name")
+EDM_TOOL = ("only if you trust the file: load it with EDM's own code, as EDM's generate.py does (dnnlib.util.open_url "
+            "+ pickle.load, inside a clone of NVlabs/edm; this runs the file's code), save net.state_dict() of the "
+            "'ema' network with torch.save, and import that .pt file with the same format name")
 
 
 class RefusedGlobal(pickle.UnpicklingError):
@@ -164,7 +164,7 @@ def load_pickle(path: str | Path) -> Any:
     except RefusedGlobal as exc:
         raise RefusedGlobal(f"{path}: cannot be read without running its code: {exc}. Nothing was executed. "
                             f"To convert it anyway, {EDM_TOOL}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
         raise pickle.UnpicklingError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc}); if it is an "
                                      f"EDM network pickle, {EDM_TOOL}") from None
 
