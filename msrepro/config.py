@@ -87,6 +87,8 @@ class TrainConfig:
     heldout_size: int = 256           # images of the held-out split used for the held-out denoising loss
     heldout_every: Optional[int] = None  # steps between held-out evaluations (default: checkpoint_every)
     params: Dict[str, Any] = field(default_factory=dict)  # stage policy options (per_sample: stage_weights)
+    init_from: Optional[str] = None   # warm start (beyond the paper): checkpoint to initialise from
+    init_mode: str = "all"            # encoder, or all (+ decoders whose shapes fit); msrepro.training.warm_start
 
 
 @dataclass

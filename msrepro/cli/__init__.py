@@ -22,6 +22,7 @@ COMMANDS: tuple[str, ...] = (
     "msrepro.cli.refstats_cmd",
     "msrepro.cli.train_vae_cmd",
     "msrepro.cli.encode_latents_cmd",
+    "msrepro.cli.import_cmd",
     "msrepro.cli.submit_cmd",
     "msrepro.cli.status_cmd",
     "msrepro.cli.tables_cmd",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +16,8 @@ from msrepro.training.densities import NoiseDensity, build_density
 from msrepro.training.distributed import DistInfo
 from msrepro.training.early_stopping import build_early_stopping
 from msrepro.training.policies import StagePolicy, build_policy
+from msrepro.training.state import latest_checkpoint
+from msrepro.training.warm_start import check_warm_start, warm_start
 
 
 def seed_for(*parts: Any) -> int:
@@ -36,6 +39,8 @@ def build_model(cfg: DictConfig, device: torch.device) -> Preconditioning:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_for(cfg.seed, "init"))
         model = build_denoiser(cfg)
+    if cfg.train.init_from and latest_checkpoint(Path(cfg.output_dir) / cfg.name) is None:
+        warm_start(model, cfg)  # a new run only: a resumed one continues from its own checkpoint
     return model.to(device).train()
 
 
@@ -75,6 +80,7 @@ def check_train_options(cfg: DictConfig) -> None:
     build_early_stopping(cfg.train.early_stopping, k, cfg.model.variant)
     if cfg.train.ema_decay is not None and not 0 <= cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {cfg.train.ema_decay}")
+    check_warm_start(cfg)
 
 
 def check_training(cfg: DictConfig, world_size: int = 1) -> None:
