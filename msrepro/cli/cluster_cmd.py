@@ -84,7 +84,8 @@ def summary(result: Any, elapsed: float) -> str:
     lines = [f"{result.clusterer}, k={result.k}, schedule {result.schedule.name}{src}: {elapsed:.1f} s",
              f"cut points (t):  {'  '.join(f'{c:.4g}' for c in result.boundaries)}",
              f"log-SNR at cuts: {'  '.join(f'{c:.4g}' for c in result.log_snr)}", "",
-             tabulate(rows, headers=["stage", "t interval", "sigma interval", "length"]), ""]
+             tabulate(rows, headers=["stage", "t interval", "sigma interval", "length"],
+                      disable_numparse=True), ""]
     for key in ("interval_dp", "threshold"):
         d = result.diagnostics.get(key)
         if isinstance(d, dict) and key == "threshold":

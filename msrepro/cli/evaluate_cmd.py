@@ -64,7 +64,7 @@ def format_result(result: dict[str, Any]) -> str:
         rows.append([result["labels"][key], f"{value:.4g}" + (f" ± {std:.2g}" if result["num_repeats"] > 1 else "")])
     head = f"{result['checkpoint']} (step {result['step']}): {result['num_samples']} samples"
     tail = f"protocol: {result['protocol']}\n{result['images_per_s']:.1f} images/s, {result['wall_s']:.1f} s in all"
-    return f"{head}\n{tabulate(rows, headers=['metric', 'value'])}\n{tail}"
+    return f"{head}\n{tabulate(rows, headers=['metric', 'value'], disable_numparse=True)}\n{tail}"
 
 
 def run(args: argparse.Namespace) -> int:
