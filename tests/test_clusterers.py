@@ -30,10 +30,13 @@ def test_all_four_are_registered_with_descriptions():
         assert CLUSTERERS.entry(n).description and CLUSTERERS.entry(n).origin == "builtin"
 
 
+@pytest.mark.parametrize("limits", [None, "official", "symmetric"])
 @pytest.mark.parametrize("name,cuts", [("timestep", [0.334, 0.667]), ("snr", [0.348, 0.709])])
-def test_baselines_give_the_spec_numbers_without_touching_data(name, cuts):
+def test_baselines_give_the_spec_numbers_without_touching_data(name, cuts, limits):
+    """SPEC 3 under the official DP's size limits (the default) and the symmetric ones: the optimum is interior."""
     inputs = unreadable_inputs()
-    r = build_clusterer(name).fit(VP, inputs, 3)
+    r = build_clusterer(name, {} if limits is None else {"size_limits": limits}).fit(VP, inputs, 3)
+    assert r.params["size_limits"] == (limits or "official") == r.diagnostics["size_limits"]["mode"]
     assert r.boundaries == cuts  # exact grid values (i + 1) / 1000
     assert not inputs.used_data and r.provenance["dataset"] is None
     assert r.diagnostics["cluster_sizes"] == {"timestep": [333, 333, 334], "snr": [347, 361, 292]}[name]

@@ -144,3 +144,26 @@ def test_bad_names_list_the_valid_ones(bad, valid):
     else:
         with pytest.raises(ConfigError, match=valid):
             select_tables(bad)
+
+
+def test_a_cluster_step_that_cannot_meet_its_k_fails_the_plan(tmp_path):
+    """The grid checks each cluster step's k against its clusterer (here: snr on a 10-point grid allows k <= 5)
+    before anything is queued; the message names the row, the key and the valid range."""
+    import yaml
+
+    from msrepro.launch.experiments import experiments_dir
+
+    table = yaml.safe_load((experiments_dir() / "table4.yaml").read_text())
+    row = {**table["rows"][1], "id": "snr_k6"}
+    row["config"] = {"model": {"variant": "multistage", "decoder_channels": [8] * 6},
+                     "stages": {"num_stages": 6, "boundaries": None},
+                     "cluster": {"name": "snr", "params": {"grid": 10}}}
+    table["rows"] = [row]
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(table))
+    with pytest.raises(ConfigError, match=r"table4.snr_k6 \(smoke\): stages.num_stages: snr cannot split the time "
+                                          r"axis into k=6 stages .*valid k: 2..5"):
+        plan([str(path)], "smoke")
+    row["config"]["cluster"]["params"]["grid"] = 12  # 12 points: k = 6 fits
+    path.write_text(yaml.safe_dump(table))
+    assert plan([str(path)], "smoke").rows["table4.snr_k6"].status == "cell"

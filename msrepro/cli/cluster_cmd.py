@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--k: need at least 2 stages (k - 1 >= 1 cut points), got {args.k}")
     params, dataset_items, files, run_items = split_cluster_items(args.items)
     clusterer = cls(params)
+    clusterer.check_k(args.k, "--k")  # an impossible k fails here, before any data, model or work
     schedule = build_schedule({"name": args.schedule})
     inputs = build_inputs(args, dataset_items, files, run_items)
     start = time.perf_counter()

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from msrepro.clustering.base import Clusterer, fraction_grid
-from msrepro.clustering.dp import WEIGHTINGS, max_mean_similarity
+from msrepro.clustering.dp import WEIGHTINGS, SizeLimits, largest_k, max_mean_similarity
 from msrepro.clustering.inputs import ClusterInputs
 from msrepro.clustering.result import ClusterResult
 from msrepro.config import ConfigError
@@ -126,10 +126,35 @@ class OptimalDenoiserClusterer(Clusterer):
                                     ("weighting", p.weighting, WEIGHTINGS)]:
             if value not in allowed:
                 raise ConfigError(f"cluster.params.{key}: '{value}' is not valid; allowed: {', '.join(allowed)}")
+        if p.max_size is not None and p.max_size < max(p.min_size, 1):
+            raise ConfigError(f"cluster.params.max_size: {p.max_size} is below min_size={p.min_size}")
         if p.grid < 3 or p.samples < 1 or p.eta < 0 or not 0 < p.grid_start < 1 / (p.grid - 1):
             raise ConfigError(f"cluster.params: need grid >= 3, samples >= 1, eta >= 0, 0 < grid_start < "
                               f"1/(grid-1); got grid={p.grid}, samples={p.samples}, eta={p.eta}, "
                               f"grid_start={p.grid_start}")
+
+    def limits(self) -> SizeLimits:
+        """Interval sizes of the interval DP (every interval alike)."""
+        p = self.params
+        return SizeLimits(max(p.min_size, 1), p.max_size, max(p.min_size, 1), p.max_size, "interval_dp")
+
+    def k_range(self) -> tuple[int, int | None]:
+        if self.params.objective == "threshold":
+            return 3, 3
+        return 2, largest_k(int(self.params.grid), lambda k: self.limits())
+
+    def accepts_k(self, k: int) -> bool:
+        """The interval DP (always run) must find k intervals; the threshold rule needs k = 3."""
+        lo, hi = self.k_range()
+        return lo <= k <= (hi or 0) and self.limits().feasible(int(self.params.grid), k)
+
+    def k_context(self) -> str:
+        p = self.params
+        if p.objective == "threshold":
+            return ("objective=threshold: the threshold rule (Algorithm 1) gives exactly two cut points, so k must "
+                    "be 3; use objective=interval_dp for any k")
+        return (f"a {p.grid}-point grid (cluster.params.grid) and interval sizes "
+                f"[{self.limits().min_size}, {p.max_size or 'no limit'}] (min_size, max_size)")
 
     def similarity_matrix(self, schedule: NoiseSchedule, inputs: ClusterInputs, grid: np.ndarray) -> np.ndarray:
         """Mean over K pairs (y, eps) of D(f_{t_a}, f_{t_b}) for every pair of grid times (Eq. 5)."""
@@ -166,9 +191,7 @@ class OptimalDenoiserClusterer(Clusterer):
 
     def fit(self, schedule: NoiseSchedule, inputs: ClusterInputs, k: int) -> ClusterResult:
         p = self.params
-        if p.objective == "threshold" and k != 3:
-            raise ConfigError(f"cluster.params.objective: the threshold rule (Algorithm 1) gives exactly two cut "
-                              f"points, so k must be 3 (got k={k}); use objective=interval_dp for any k")
+        self.check_k(k)
         grid = od_grid(schedule, p.grid, p.grid_start)
         sim = self.similarity_matrix(schedule, inputs, grid)
         diag: dict[str, Any] = {"grid": grid.tolist(), "interval_dp": self.interval_dp(sim, grid, k)}

@@ -204,10 +204,14 @@ def _row_entry(graph: JobGraph, row: Row, preset: str, validate: bool) -> RowEnt
         return RowEntry(row.ref, "quoted", reason=row.quoted)
     if not _backbone_installed(row.backbone):
         return RowEntry(row.ref, "skipped", reason=f"backbone {row.backbone} not installed")
-    try:
-        cfg = row_config(row, preset, validate=validate)
-    except ConfigError:
-        raise
+    cfg = row_config(row, preset, validate=validate)
+    if validate and needs_cluster(cfg):
+        from msrepro.clustering import check_cluster_config
+
+        try:  # the cluster step's k and options, before anything is queued
+            check_cluster_config(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"{row.ref} ({preset}): {exc}") from None
     vae_cfg = vae_config(row, preset) if needs_latents(cfg) else None
     return RowEntry(row.ref, "cell", cell=_add_cell(graph, cfg, row.ref, vae_cfg).key)
 
