@@ -58,6 +58,10 @@ class Clusterer:
     def fit(self, schedule: NoiseSchedule, inputs: ClusterInputs, k: int) -> ClusterResult:
         raise NotImplementedError
 
+    def objective(self) -> str:
+        """One line saying what the cut points optimise with these params (result.json, the tables' notes)."""
+        return f"{self.registered_name()}: {_first_line(type(self).__doc__)}"
+
     # -- which k this clusterer accepts (checked before any work) -------------------------------------
     def k_range(self) -> tuple[int, int | None]:
         """Smallest and largest number of stages k these params allow (None: no upper limit)."""
@@ -87,7 +91,12 @@ class Clusterer:
                diagnostics: dict[str, Any]) -> ClusterResult:
         """A :class:`ClusterResult` with this clusterer's name, resolved params and the inputs' provenance."""
         return ClusterResult(self.registered_name(), k, [float(c) for c in cuts], schedule,
-                             OmegaConf.to_container(self.params, resolve=True), diagnostics, inputs.provenance())
+                             OmegaConf.to_container(self.params, resolve=True), diagnostics, inputs.provenance(),
+                             objective=self.objective())
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
 
 
 class SizeLimitedGrid:

@@ -46,6 +46,10 @@ class _MedianDeviation(SizeLimitedGrid, Clusterer):
     def values(self, schedule: NoiseSchedule, t: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def objective(self) -> str:
+        return (f"DP minimising sum |{self.value_label} - {self.value_label} at the cluster's upper median| on "
+                f"{self.params.grid} grid points, size_limits={self.params.size_limits}")
+
     def fit(self, schedule: NoiseSchedule, inputs: ClusterInputs, k: int) -> ClusterResult:
         self.check_k(k)
         n = int(self.params.grid)

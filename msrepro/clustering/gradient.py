@@ -122,6 +122,10 @@ class GradientClusterer(SizeLimitedGrid, Clusterer):
         model.zero_grad(set_to_none=True)
         return out
 
+    def objective(self) -> str:
+        return (f"DP minimising -sum gradient affinity to the cluster's upper median on {self.params.grid} grid "
+                f"points, size_limits={self.params.size_limits}")
+
     def split(self, affinity: np.ndarray, k: int) -> Partition:
         """The official DP: k contiguous clusters minimising -sum affinity[centre, member] under the size limits."""
         return split(affinity_cost(affinity), k, self.limits(k))

@@ -49,6 +49,13 @@ OBJECTIVES = ("interval_dp", "threshold")
 SPACES = ("x0", "eps")
 DATA_RANGES = ("zero_one", "minus_one_one")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: what each interval-DP weighting maximises (result.json ``objective``, the tables' notes)
+WEIGHTING_TEXT = {
+    "per_point": "mean within-interval similarity averaged over grid points (each t counts equally; msrepro's "
+                 "default, not the official objective)",
+    "per_interval": "sum over intervals of their mean similarity (each interval counts equally; the official "
+                    "Gurobi objective)",
+}
 
 
 @dataclass
@@ -171,16 +178,24 @@ class OptimalDenoiserClusterer(Clusterer):
         outs = denoise_on_grid(od, y, eps, sigmas.tolist(), p.space, p.query_batch, inputs.progress)
         return pairwise_similarity(outs, p.eta)
 
-    def interval_dp(self, sim: np.ndarray, grid: np.ndarray, k: int) -> dict[str, Any]:
-        """The exact interval DP on the similarity matrix; cuts at midpoints between grid points."""
+    def objective(self) -> str:
         p = self.params
+        if p.objective == "threshold":
+            return f"threshold rule (Algorithm 1 lines 8-9), alpha={p.alpha}, space={p.space}, eta={p.eta:g}"
+        return f"interval DP, weighting={p.weighting}: {WEIGHTING_TEXT[p.weighting]}; space={p.space}, eta={p.eta:g}"
+
+    def interval_dp(self, sim: np.ndarray, grid: np.ndarray, k: int, weighting: str | None = None) -> dict[str, Any]:
+        """The exact interval DP on the similarity matrix (``weighting``, default the configured one); cuts at
+        midpoints between grid points."""
+        p = self.params
+        weighting = weighting or p.weighting
         try:
-            part = max_mean_similarity(sim, k, p.min_size, p.max_size, p.weighting)
+            part = max_mean_similarity(sim, k, p.min_size, p.max_size, weighting)
         except ValueError as exc:
             raise ConfigError(f"cluster.params.min_size/max_size: {exc}") from None
         cuts = [round(float(grid[s - 1] + grid[s]) / 2, 12) for s in part.starts[1:]]
         return {"cuts": cuts, "starts": list(part.starts),
-                "sizes": list(part.sizes), "objective": part.cost, "weighting": p.weighting,
+                "sizes": list(part.sizes), "objective": part.cost, "weighting": weighting,
                 "interval_means": [float(sim[s:s + n, s:s + n].mean()) for s, n in zip(part.starts, part.sizes)]}
 
     def threshold(self, sim: np.ndarray, grid: np.ndarray, schedule: NoiseSchedule) -> dict[str, Any]:
@@ -194,7 +209,8 @@ class OptimalDenoiserClusterer(Clusterer):
         self.check_k(k)
         grid = od_grid(schedule, p.grid, p.grid_start)
         sim = self.similarity_matrix(schedule, inputs, grid)
-        diag: dict[str, Any] = {"grid": grid.tolist(), "interval_dp": self.interval_dp(sim, grid, k)}
+        diag: dict[str, Any] = {"grid": grid.tolist(), "interval_dp": self.interval_dp(sim, grid, k),
+                                "weightings": {w: self.interval_dp(sim, grid, k, w) for w in WEIGHTINGS}}
         cuts = diag["interval_dp"]["cuts"]
         if k == 3:
             diag["threshold"] = th = self.threshold(sim, grid, schedule)
