@@ -402,3 +402,18 @@ def test_digits_classifier_training_is_deterministic_across_thread_counts():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_loading_the_registries_leaves_torch_fidelity_unimported():
+    """Every msrepro command loads the registries; torch-fidelity (and torchvision with it) is imported only by
+    commands that evaluate, so that e.g. a bad `msrepro cluster` k is rejected in a few seconds (issue 11)."""
+    code = ("import sys; from msrepro.registry import METRICS, ensure_loaded; ensure_loaded(); "
+            "print({'fd_digits', 'fid', 'kid', 'prc'} <= set(METRICS.list()), "
+            "sorted(m for m in ('torch_fidelity', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == "True []"
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    from msrepro.evaluation import inception
+
+    assert inception.FILENAME == URL_INCEPTION_V3.rsplit("/", 1)[-1] and inception.weights_url() == URL_INCEPTION_V3
