@@ -221,3 +221,14 @@ def build_initial(tmp: Path) -> dict:
     from msrepro.training.setup import build_model
 
     return build_model(cfg_for(tmp, "init", *DDP_ARGS), torch.device("cpu")).state_dict()
+
+
+def test_a_start_that_fails_on_missing_data_leaves_no_run_directory(tmp_path):
+    """The data (and every file the run needs) is found before the run directory is written, so fixing the
+    config and starting again is not refused as 'a run with a different config' (issue 11)."""
+    from msrepro.datasets import OfflineDataError
+
+    with pytest.raises(OfflineDataError, match="msrepro prefetch cifar10"):
+        train(cfg_for(tmp_path, "r", "dataset.name=cifar10", f"dataset.root={tmp_path / 'missing'}"), progress=False)
+    assert not (tmp_path / "r").exists()
+    assert train(cfg_for(tmp_path, "r", "train.steps=1"), progress=False).step == 1
