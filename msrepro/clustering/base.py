@@ -12,9 +12,15 @@ work)::
         class Config:
             grid: int = 100  # one-line comment per option
 
+        def k_range(self):                        # optional: the k these options allow (checked before work)
+            return 2, self.params.grid
+
         def fit(self, schedule, inputs, k):
+            self.check_k(k)
             cuts = ...                            # k - 1 cut points in schedule time
             return self.result(schedule, inputs, k, cuts, {"curves": ..., "matrix": ...})
+
+``objective()`` (optional) says in one line what the cut points optimise; it is stored in ``result.json``.
 """
 
 from __future__ import annotations
