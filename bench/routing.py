@@ -116,7 +116,7 @@ def main() -> None:
                        f"{r['gmacs_ratio']:.3f}", f"{r['flops_ratio']:.3f}", "yes" if r["within_15pct"] else "NO"]
                       for r in rows],
                      headers=["backbone", "preset", "batch", "per stage", "unified s/step", "multistage s/step",
-                              "time ratio", "GMACs ratio", "FLOPs ratio", "within 15 %"])
+                              "time ratio", "GMACs ratio", "FLOPs ratio", "within 15 %"], disable_numparse=True)
     header = [f"# bench/routing.py  {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}",
               f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads, device cpu",

@@ -101,9 +101,9 @@ def main(argv=None) -> str:
         ips = args.batch / statistics.median(times[variant])
         gm = nfe_weighted_gmacs(acc["gmacs"], info["nfe_per_stage"])
         res[variant] = (ips, gm)
-        rows.append([variant, sum(p.numel() for p in model.parameters()) / 1e6,
+        rows.append([variant, f"{sum(p.numel() for p in model.parameters()) / 1e6:.3f}",
                      " / ".join(f"{g:.3f}" for g in acc["gmacs"]), " / ".join(map(str, info["nfe_per_stage"])),
-                     gm, ips, " ".join(f"{t:.2f}" for t in times[variant])])
+                     f"{gm:.3f}", f"{ips:.3f}", " ".join(f"{t:.2f}" for t in times[variant])])
     speedup, gmacs_ratio = res["multistage"][0] / res["unified"][0], res["unified"][1] / res["multistage"][1]
     hw = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"{platform.processor() or 'cpu'}, " \
         f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
@@ -112,7 +112,7 @@ def main(argv=None) -> str:
              f"torch {torch.__version__}",
              tabulate(rows, headers=["model", "params (M)", "GMACs per stage", "NFE per stage",
                                      "NFE-weighted GMACs", "images/s (median)", "batch times (s)"],
-                      floatfmt=".3f"),
+                      disable_numparse=True),
              "",
              f"measured speed ratio multistage / unified (images/s):     {speedup:.3f}",
              f"expected from GMACs unified / multistage (NFE-weighted):  {gmacs_ratio:.3f}"]

@@ -1,9 +1,13 @@
 """The explicit import manifest of msrepro's built-in registry entries.
 
 Importing a module here registers what it defines; nothing is registered by accident elsewhere. The built-in
-backbones are not listed: they register through entry points (``pyproject.toml``), exactly as an outside
-plugin does.
+backbones are not imported here: they register through entry points (``pyproject.toml``), exactly as an outside
+plugin does; :data:`BUILTIN_BACKBONES` names them, so that a missing or broken one is an error for the grid.
 """
+
+#: the entry points ``msrepro.backbones`` of msrepro's own pyproject.toml (name -> module)
+BUILTIN_BACKBONES: dict[str, str] = {"dpm_solver": "msrepro.backbones.dpm_solver", "edm": "msrepro.backbones.edm",
+                                     "ldm": "msrepro.backbones.ldm"}
 
 import msrepro.schedules  # noqa: F401  schedules: vp_linear, edm, ddpm_discrete
 import msrepro.datasets.digits  # noqa: F401  datasets: digits

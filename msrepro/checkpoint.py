@@ -28,12 +28,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda f: torch.save(state, f), mode="wb")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; a missing or foreign file raises a clear error."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *, mmap: bool = False
+                    ) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; a missing or foreign file raises a clear error. ``mmap``: map
+    the tensors instead of reading them (cheap when only the config is needed)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not an msrepro checkpoint (expected format '{FORMAT}')")
     return state
@@ -44,6 +46,11 @@ def checkpoint_config(state: dict[str, Any]) -> DictConfig:
     from msrepro.config import merge, schema
 
     return merge(schema(), OmegaConf.create(state["config"]), where="checkpoint config")
+
+
+def read_config(path: str | Path) -> DictConfig:
+    """The run config of a checkpoint file, without reading its weights."""
+    return checkpoint_config(load_checkpoint(path, mmap=True))
 
 
 def load_model(path: str | Path, *, ema: bool = True, map_location: str | torch.device = "cpu"):

@@ -172,7 +172,7 @@ def format_report(acc: Mapping[str, Any]) -> str:
                      num(acc["gmacs"][k]), num(acc["gmacs_all"][k]), num(acc["gflops"][k]),
                      f"{acc['length_weights'][k]:.3f}", nfe])
     table = tabulate(rows, headers=["stage", "interval (t)", "decoder", "params (M)", "GMACs", "GMACs (all)",
-                                    "GFLOPs (true)", "length w", "NFE"])
+                                    "GFLOPs (true)", "length w", "NFE"], disable_numparse=True)
     fmt = lambda v: "-" if v is None else num(v)  # noqa: E731
     lines = [f"{acc['backbone']} / {acc['variant']} / preset {acc['preset']}, input {'x'.join(map(str, acc['input_shape']))}",
              table, "",

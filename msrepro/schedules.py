@@ -211,40 +211,70 @@ class EDMSchedule(NoiseSchedule):
                 "sigma_data": self.sigma_data}
 
 
+#: how ddpm_discrete's sigma is interpolated between integer steps
+INTERPOLATIONS: tuple[str, ...] = ("log_alpha", "log_sigma")
+
+
+def _interp(table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear ``table[n]`` at fractional ``n`` in [0, len - 1]."""
+    lo = t.floor().long().clamp(0, len(table) - 2)
+    w = t - lo
+    return (1 - w) * table[lo] + w * table[lo + 1]
+
+
+def _interp_inv(table: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The fractional n at which the piecewise-linear increasing ``table`` equals ``y`` (clamped to its range)."""
+    y = y.clamp(table[0], table[-1]).contiguous()
+    hi = torch.searchsorted(table, y).clamp(1, len(table) - 1)
+    lo = hi - 1
+    return lo.to(y.dtype) + (y - table[lo]) / (table[hi] - table[lo])
+
+
 @SCHEDULES.register("ddpm_discrete")
 class DiscreteDDPMSchedule(NoiseSchedule):
     """Discrete DDPM (LDM): betas linear in sqrt from beta_start to beta_end, T steps; t = step index.
 
-    Between integer steps log sigma is interpolated linearly in t, so solvers may use fractional t; the model
-    input is t itself (LDM's integer timestep convention). Time fraction is t / T (so step 442 <-> 0.442).
+    Solvers use fractional t. Between integer steps, ``interpolation="log_alpha"`` (default) makes log alpha_t =
+    log s(t) = 0.5 log alphas_cumprod piecewise linear in t: DPM-Solver's ``NoiseScheduleVP('discrete')``
+    (``t_array = (n + 1) / T``, ``log_alpha_array``, ``interpolate_fn``), which ran the paper's LDM evaluation; its
+    continuous time t_c maps to the step index as n = T t_c - 1, an affine map, so the interpolation is the same
+    in n. ``"log_sigma"`` interpolates log sigma linearly in t instead (k-diffusion's ``DiscreteSchedule``). Both
+    agree at integer steps. The model input is t itself (LDM's integer timestep convention). Time fraction is
+    t / T (so step 442 <-> 0.442).
     """
 
     name = "ddpm_discrete"
 
-    def __init__(self, num_steps: int = 1000, beta_start: float = 0.0015, beta_end: float = 0.0195) -> None:
+    def __init__(self, num_steps: int = 1000, beta_start: float = 0.0015, beta_end: float = 0.0195,
+                 interpolation: str = "log_alpha") -> None:
         if num_steps < 2 or not 0 < beta_start < beta_end < 1:
             raise ValueError(f"ddpm_discrete needs T >= 2 and 0 < beta_start < beta_end < 1, got "
                              f"{num_steps}, {beta_start}, {beta_end}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"ddpm_discrete interpolation '{interpolation}' is not valid; allowed: "
+                             f"{', '.join(INTERPOLATIONS)}")
         self.num_steps, self.beta_start, self.beta_end = int(num_steps), float(beta_start), float(beta_end)
+        self.interpolation = interpolation
         betas = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), num_steps, dtype=torch.float64) ** 2
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         self.log_sigmas = 0.5 * torch.log((1.0 - self.alphas_cumprod) / self.alphas_cumprod)
+        self.log_alphas = 0.5 * torch.log(self.alphas_cumprod)
         self.t_min, self.t_max = 0.0, float(num_steps - 1)
+        # the inverse's table, from sigma at the integer steps exactly as _sigma computes it: t(sigma(n)) == n
+        sigma_n = self._sigma(torch.arange(num_steps, dtype=torch.float64))
+        self._inverse_table = torch.log(sigma_n) if interpolation == "log_sigma" else 0.5 * torch.log1p(sigma_n**2)
 
     def _sigma(self, t: torch.Tensor) -> torch.Tensor:
         t = t.clamp(self.t_min, self.t_max)
-        ls = self.log_sigmas.to(t.device)
-        lo = t.floor().long().clamp(max=self.num_steps - 2)
-        w = t - lo
-        return torch.exp((1 - w) * ls[lo] + w * ls[lo + 1])
+        if self.interpolation == "log_sigma":
+            return torch.exp(_interp(self.log_sigmas.to(t.device), t))
+        return torch.sqrt(torch.expm1(-2.0 * _interp(self.log_alphas.to(t.device), t)))
 
     def _sigma_inv(self, sigma: torch.Tensor) -> torch.Tensor:
-        ls = self.log_sigmas.to(sigma.device)
-        x = torch.log(sigma).clamp(ls[0], ls[-1])
-        hi = torch.searchsorted(ls, x.contiguous()).clamp(1, self.num_steps - 1)
-        lo = hi - 1
-        w = (x - ls[lo]) / (ls[hi] - ls[lo])
-        return lo.to(x.dtype) + w
+        table = self._inverse_table.to(sigma.device)  # log sigma, or -log alpha = 0.5 log(1 + sigma^2): increasing
+        if self.interpolation == "log_sigma":
+            return _interp_inv(table, torch.log(sigma))
+        return _interp_inv(table, 0.5 * torch.log1p(sigma**2))
 
     def _fraction(self, t: torch.Tensor) -> torch.Tensor:
         return t / self.num_steps
@@ -254,7 +284,7 @@ class DiscreteDDPMSchedule(NoiseSchedule):
 
     def to_config(self) -> dict:
         return {"name": self.name, "num_steps": self.num_steps, "beta_start": self.beta_start,
-                "beta_end": self.beta_end}
+                "beta_end": self.beta_end, "interpolation": self.interpolation}
 
 
 def build_schedule(cfg: dict | NoiseSchedule) -> NoiseSchedule:

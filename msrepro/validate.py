@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from msrepro.boundaries import CONVERT_METHODS, check_cuts
 from msrepro.config import VARIANTS, ConfigError, check_params
@@ -92,6 +92,8 @@ def validate_run_config(cfg: DictConfig) -> None:
     check_params(dataset, cfg.dataset.params, "dataset.params")
     clusterer = _registered(CLUSTERERS, cfg.cluster.name, "cluster.name")
     check_params(clusterer, cfg.cluster.params, "cluster.params")
+    if isinstance(clusterer, type):
+        clusterer(OmegaConf.to_container(cfg.cluster.params, resolve=True))  # its own checks (validate())
     sampler = _registered(SAMPLERS, cfg.sample.sampler, "sample.sampler")
     check_params(sampler, cfg.sample.params, "sample.params")
     sampler(**cfg.sample.params)  # the sampler's own value checks (spacing, order, ...): ConfigError

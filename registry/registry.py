@@ -172,7 +172,7 @@ class Registry:
         from tabulate import tabulate
 
         rows = [(e.name, e.description, e.origin) for e in self.entries()]
-        body = tabulate(rows, headers=["name", "description", "origin"]) if rows else "(empty)"
+        body = tabulate(rows, headers=["name", "description", "origin"], disable_numparse=True) if rows else "(empty)"
         return f"Registry({self.kind})\n{body}"
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from msrepro.cli import main
+from msrepro.clustering import ClusterInputs
 from msrepro.config import ConfigError, load_config
 from msrepro.validate import validate_stages
 
@@ -59,6 +60,41 @@ def test_bad_input_fails_at_once_naming_valid_options(capsys, tmp_path, args, ex
     assert not (tmp_path / "result.json").exists()
 
 
+@pytest.mark.parametrize("args,expected", [
+    (["timestep", "--k", "2000"], "valid k: 2..500, the largest valid k is 500"),
+    (["snr", "--k", "501", "size_limits=symmetric"], "size_limits=symmetric (a finer grid allows more); valid k: 2.."),
+    (["snr", "--k", "30", "grid=40"], "valid k: 2..20, the largest valid k is 20"),
+    (["gradient", "--k", "51"], "valid k: 2..50, the largest valid k is 50"),
+    (["optimal_denoiser", "--dataset", "digits", "--k", "100"], "valid k: 2..21, the largest valid k is 21"),
+    (["optimal_denoiser", "--k", "8", "min_size=3"], "valid k: 2..7, the largest valid k is 7"),
+    (["snr", "size_limits=loose"], "allowed: official, symmetric, none"),
+])
+def test_impossible_k_fails_before_any_work(capsys, tmp_path, monkeypatch, args, expected):
+    """Exit 2 with one line naming the valid range, before any data, network or similarity is touched."""
+    def no_work(*a, **k):
+        raise AssertionError("the clusterer started work before rejecting k")
+
+    for hook in ("data", "training_batch", "get_run_config", "network_config"):
+        monkeypatch.setattr(ClusterInputs, hook, no_work)
+    rc, out, err = cluster(capsys, *args, "--out", str(tmp_path))
+    assert rc == 2 and expected in err and out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "result.json").exists()
+
+
+@pytest.mark.parametrize("name,k", [("timestep", 501), ("snr", 2000), ("gradient", 60), ("optimal_denoiser", 22)])
+def test_fit_rejects_an_impossible_k_with_a_config_error(name, k):
+    from msrepro.clustering import build_clusterer
+    from msrepro.schedules import VPLinearSchedule
+
+    clusterer = build_clusterer(name)
+    lo, hi = clusterer.k_range()
+    assert (lo, clusterer.accepts_k(hi), clusterer.accepts_k(hi + 1)) == (2, True, False) and k > hi
+    with pytest.raises(ConfigError, match=f"k={k} .*the largest valid k is {hi}"):
+        clusterer.fit(VPLinearSchedule(), ClusterInputs(dataset={"name": "cifar10", "root": "/nonexistent"},
+                                                        progress=False), k)
+
+
 def test_unknown_clusterer_lists_the_registered_ones(capsys, tmp_path):
     rc, out, err = cluster(capsys, "nonsense", "--out", str(tmp_path))
     assert rc == 2 and "unknown clusterers 'nonsense'. Valid names: gradient, " in err
@@ -77,5 +113,4 @@ def test_stage_boundaries_must_increase():
 def test_config_show_with_t2_below_t1_fails(capsys):
     rc = main(["config", "show", "stages.boundaries=[0.6,0.4]"])
     err = capsys.readouterr().err
-    assert rc == 2
-    assert "strictly increasing" in err or "Valid names" in err  # which check fires first depends on what is registered
+    assert rc == 2 and "stages.boundaries must be strictly increasing, got [0.6, 0.4]" in err, err

@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from msrepro.clustering.dp import (affinity_cost, block_mean, max_mean_similarity, median_abs_cost, partition,
-                                   size_limits)
+from msrepro.clustering.dp import (SizeLimits, affinity_cost, block_mean, grid_limits, largest_k, max_mean_similarity,
+                                   median_abs_cost, partition, size_limits, split)
 
 
 def compositions(n, k, lo=1, hi=None):
@@ -104,3 +104,53 @@ def test_max_mean_similarity_matches_brute_force(weighting):
                 best, best_starts = score, starts
         got = max_mean_similarity(s, k, weighting=weighting)
         assert got.cost == pytest.approx(best, abs=1e-12) and got.starts == best_starts
+
+
+def official_brute_force(cost, k):
+    """The official DP's answer by enumeration: first cluster >= floor(n/2k) + 1 points and no upper limit, the
+    others in [floor(n/2k), ceil(3n/2k)] (and >= 2, msrepro's guard against a one-point last cluster); earliest
+    start of the later cluster on ties, as np.argmin."""
+    n = cost.shape[0]
+    lo, hi = n // (2 * k), -(-3 * n // (2 * k))
+    scored = []
+    for starts in compositions(n, k):
+        sizes = [b - a for a, b in zip(starts, [*starts[1:], n])]
+        if sizes[0] >= lo + 1 and all(max(lo, 2) <= s <= hi for s in sizes[1:]):
+            scored.append((sum(cost[a, b - 1] for a, b in zip(starts, [*starts[1:], n])), starts))
+    if not scored:
+        return None
+    best = min(c for c, _ in scored)
+    return best, min((s for c, s in scored if c <= best + 1e-9 * max(1, abs(best))), key=lambda s: s[::-1])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_official_size_limits_match_brute_force(seed):
+    rng = np.random.default_rng(100 + seed)
+    n, k = int(rng.integers(8, 17)), int(rng.integers(2, 4))
+    cost = rng.random((n, n)) * np.maximum(np.arange(n)[None, :] - np.arange(n)[:, None] + 1, 1)
+    cost[0, :] *= 0.01  # a cheap long first cluster: where the official limits differ from the symmetric ones
+    want = official_brute_force(cost, k)
+    limits = grid_limits(n, k, "official")
+    assert limits.feasible(n, k) == (want is not None)
+    if want is not None:
+        got = split(cost, k, limits)
+        assert got.starts == want[1] and got.cost == pytest.approx(want[0], abs=1e-12)
+
+
+def test_grid_limits_and_feasibility():
+    assert grid_limits(1000, 3) == SizeLimits(166, 500, 167, None, "official")
+    assert grid_limits(1000, 3, "symmetric") == SizeLimits(166, 500, 166, 500, "symmetric")
+    assert grid_limits(100, 5).to_dict() == {"mode": "official", "first": [11, None], "others": [10, 30]}
+    with pytest.raises(ValueError, match="valid: official, symmetric, none"):
+        grid_limits(10, 2, "loose")
+    for n in range(2, 14):  # feasible() against enumeration
+        for k in range(1, 8):
+            for mode in ("official", "symmetric", "none"):
+                lim = grid_limits(n, k, mode)
+                exists = any(lim.first_min <= s[0] <= (lim.first_max or n)
+                             and all(lim.min_size <= x <= (lim.max_size or n) for x in s[1:])
+                             for s in ([b - a for a, b in zip(c, [*c[1:], n])] for c in compositions(n, k)))
+                assert lim.feasible(n, k) == exists, (n, k, mode)
+    assert largest_k(1000, lambda k: grid_limits(1000, k)) == 500
+    assert largest_k(21, lambda k: grid_limits(21, k)) == 11
+    assert largest_k(21, lambda k: grid_limits(21, k, "symmetric")) == 10

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from msrepro.clustering import ClusterInputs, ClusterResult, build_clusterer
+from msrepro.clustering.dp import max_mean_similarity
 from msrepro.clustering.optimal_denoiser import denoise_on_grid, od_grid, pairwise_similarity, threshold_cuts
 from msrepro.config import ConfigError
 from msrepro.optimal_denoiser import OptimalDenoiser
@@ -30,10 +31,13 @@ def test_all_four_are_registered_with_descriptions():
         assert CLUSTERERS.entry(n).description and CLUSTERERS.entry(n).origin == "builtin"
 
 
+@pytest.mark.parametrize("limits", [None, "official", "symmetric"])
 @pytest.mark.parametrize("name,cuts", [("timestep", [0.334, 0.667]), ("snr", [0.348, 0.709])])
-def test_baselines_give_the_spec_numbers_without_touching_data(name, cuts):
+def test_baselines_give_the_spec_numbers_without_touching_data(name, cuts, limits):
+    """SPEC 3 under the official DP's size limits (the default) and the symmetric ones: the optimum is interior."""
     inputs = unreadable_inputs()
-    r = build_clusterer(name).fit(VP, inputs, 3)
+    r = build_clusterer(name, {} if limits is None else {"size_limits": limits}).fit(VP, inputs, 3)
+    assert r.params["size_limits"] == (limits or "official") == r.diagnostics["size_limits"]["mode"]
     assert r.boundaries == cuts  # exact grid values (i + 1) / 1000
     assert not inputs.used_data and r.provenance["dataset"] is None
     assert r.diagnostics["cluster_sizes"] == {"timestep": [333, 333, 334], "snr": [347, 361, 292]}[name]
@@ -122,9 +126,19 @@ def test_optimal_denoiser_on_digits_both_objectives_and_k4(tmp_path):
     assert np.allclose(np.diag(sim), 1) and np.allclose(sim, sim.T)
     assert sim[0, 1] > sim[0, -1] and sim[-1, -2] > sim[-1, 0]  # nearby noise levels behave alike
     assert r3.diagnostics["threshold"]["valid"] and r3.diagnostics["interval_dp"]["cuts"] == r3.boundaries
+    # both weightings are reported, whichever produced the cut points; the objective says which one did
+    grid = np.array(r3.diagnostics["grid"])
+    for w in ("per_point", "per_interval"):
+        starts = max_mean_similarity(sim, 3, weighting=w).starts[1:]
+        assert r3.diagnostics["weightings"][w]["cuts"] == pytest.approx([(grid[s - 1] + grid[s]) / 2 for s in starts])
+    assert r3.objective.startswith("interval DP, weighting=per_point") and "not the official" in r3.objective
+    official = build_clusterer("optimal_denoiser", {"samples": 64, "weighting": "per_interval"}).fit(VP, inputs, 3)
+    assert official.boundaries == r3.diagnostics["weightings"]["per_interval"]["cuts"]
+    assert official.objective.startswith("interval DP, weighting=per_interval") and "official" in official.objective
     params = {"samples": 32, "grid": 11}
     r_th = build_clusterer("optimal_denoiser", {**params, "objective": "threshold"}).fit(VP, inputs, 3)
     assert r_th.boundaries == [r_th.diagnostics["threshold"]["t1"], r_th.diagnostics["threshold"]["t2"]]
+    assert r_th.objective.startswith("threshold rule (Algorithm 1") and "alpha=0.8" in r_th.objective
     r4 = build_clusterer("optimal_denoiser", params).fit(VP, inputs, 4)
     assert len(r4.boundaries) == 3 and "threshold" not in r4.diagnostics
     with pytest.raises(ConfigError, match="k must be 3"):
@@ -146,6 +160,8 @@ def test_result_json_plots_and_from_result(tmp_path):
     d = json.loads(open(files["json"]).read())
     assert d["boundaries"] == [0.348, 0.709] and d["stage_boundaries"]["cuts"] == [0.348, 0.709]
     assert d["clusterer"] == "snr" and d["k"] == 3 and d["params"]["grid"] == 1000
+    assert d["objective"] == "DP minimising sum |log-SNR - log-SNR at the cluster's upper median| on 1000 grid " \
+                             "points, size_limits=official" == ClusterResult.load(tmp_path / "snr").objective
     assert {"code_version", "seed", "dataset"} <= set(d["provenance"])
     assert ClusterResult.load(tmp_path / "snr").boundaries == r.boundaries
     cfg = load_config(overrides=[f"stages.from_result={files['json']}", "schedule.name=edm"], validate=False,

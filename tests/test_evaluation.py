@@ -314,6 +314,32 @@ def test_inception_v3_compat_path_from_a_weights_file(tmp_path, monkeypatch):
     assert r["metrics"]["kid"] == pytest.approx(unbiased_mmd2_poly(f_fake, f_real), rel=1e-3)
 
 
+def metric_lines(out: str) -> dict[str, str]:
+    """{label: value text} from the metric table that ``msrepro evaluate`` prints (rows after the ---- rule)."""
+    lines = out.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.startswith("----"))
+    rows = {}
+    for line in lines[rule + 1:]:
+        if line.startswith("protocol:"):
+            break
+        label, value = line.rsplit(None, 1) if " ± " not in line else line.split(None, 1)
+        rows[label.strip()] = value.strip()
+    return rows
+
+
+def test_metric_table_keeps_the_formatted_strings():
+    """tabulate must not re-parse '3.779e+05' as a number and print 377900 (issue 11): fixed values, any machine."""
+    from msrepro.cli.evaluate_cmd import format_result
+
+    result = {"metrics": {"fd_digits": 377900.0, "kid": 1.234e-05, "precision": 0.5},
+              "metrics_std": {"fd_digits": 1234.0, "kid": 0.0, "precision": 0.01},
+              "labels": {"fd_digits": "FD-digits", "kid": "KID", "precision": "precision"}, "num_repeats": 1,
+              "checkpoint": "c.pt", "step": 7, "num_samples": 12, "protocol": "p", "images_per_s": 1.0, "wall_s": 1.0}
+    assert metric_lines(format_result(result)) == {"FD-digits": "3.779e+05", "KID": "1.234e-05", "precision": "0.5"}
+    result["num_repeats"] = 3
+    assert metric_lines(format_result(result))["FD-digits"] == "3.779e+05 ± 1.2e+03"
+
+
 def test_cli_evaluate_prints_fd_digits_kid_prc_and_refstats(ckpt, tmp_path, capsys):
     import json
 
@@ -324,8 +350,11 @@ def test_cli_evaluate_prints_fd_digits_kid_prc_and_refstats(ckpt, tmp_path, caps
     out = capsys.readouterr().out
     assert rc == 0
     saved = json.loads((tmp_path / "r.json").read_text())
+    printed = metric_lines(out)
     for label, key in [("FD-digits", "fd_digits"), ("KID", "kid"), ("precision", "precision"), ("recall", "recall")]:
-        assert label in out and f"{saved['metrics'][key]:.4g}" in out
+        # whatever the value on this machine (BLAS, threads), the table shows the JSON's number to 4 digits
+        assert printed[label] == f"{saved['metrics'][key]:.4g}"
+        assert float(printed[label]) == pytest.approx(saved["metrics"][key], rel=5e-4, abs=1e-300)
     assert "FID" not in out and saved["nfe"] == 4 and saved["num_samples"] == 12
     assert main(["evaluate", str(ckpt), "--metrics", "fdd"]) == 2
     assert "fd_digits" in capsys.readouterr().err  # unknown metric: the valid names are listed
@@ -373,3 +402,18 @@ def test_digits_classifier_training_is_deterministic_across_thread_counts():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_loading_the_registries_leaves_torch_fidelity_unimported():
+    """Every msrepro command loads the registries; torch-fidelity (and torchvision with it) is imported only by
+    commands that evaluate, so that e.g. a bad `msrepro cluster` k is rejected in a few seconds (issue 11)."""
+    code = ("import sys; from msrepro.registry import METRICS, ensure_loaded; ensure_loaded(); "
+            "print({'fd_digits', 'fid', 'kid', 'prc'} <= set(METRICS.list()), "
+            "sorted(m for m in ('torch_fidelity', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == "True []"
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    from msrepro.evaluation import inception
+
+    assert inception.FILENAME == URL_INCEPTION_V3.rsplit("/", 1)[-1] and inception.weights_url() == URL_INCEPTION_V3

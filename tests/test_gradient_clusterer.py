@@ -8,9 +8,9 @@ from torch import nn
 from msrepro.backbone import Backbone
 from msrepro.checkpoint import save_checkpoint
 from msrepro.clustering import ClusterInputs, build_clusterer
-from msrepro.clustering.dp import affinity_cost, grid_limits, partition
+from msrepro.clustering.dp import affinity_cost, grid_limits, split
 from msrepro.clustering.gradient import noise_for
-from msrepro.config import load_config, to_dict
+from msrepro.config import ConfigError, load_config, to_dict
 from msrepro.models import build_denoiser
 from msrepro.multidecoder import EncoderOutput
 from msrepro.registry import BACKBONES
@@ -102,7 +102,7 @@ def test_random_init_affinity_matches_a_manual_recomputation():
     aff = np.array(r.diagnostics["matrix"]["values"])
     assert np.allclose(aff, manual_affinity(model, x0, seed=0), atol=1e-5)
     assert np.allclose(np.diag(aff), 1.0) and np.allclose(aff, aff.T)
-    part = partition(affinity_cost(aff), 3, *grid_limits(GRID, 3))
+    part = split(affinity_cost(aff), 3, grid_limits(GRID, 3))
     t = np.arange(1, GRID + 1) / GRID
     assert r.boundaries == pytest.approx(t[list(part.starts[1:])].tolist())
     assert r.diagnostics["batch_size"] == 16 and r.diagnostics["models"] == ["random-init"]
@@ -126,3 +126,77 @@ def test_checkpoints_are_averaged(tmp_path):
     inputs = ClusterInputs(checkpoints=[str(paths[0])], device="cpu", progress=False)
     alone = build_clusterer("gradient", {"grid": GRID, "batch_size": 16}).fit(VPLinearSchedule(), inputs, 3)
     assert np.allclose(alone.diagnostics["matrix"]["values"], single[0], atol=1e-9)
+
+
+# -- the official size limits (cluster.py), on a fixed affinity matrix ------------------------------------------
+def fixed_affinity() -> np.ndarray:
+    """20 grid points in blocks of 9 / 3 / 3 / 3 / 2 (within 0.9, across 0.1, diagonal 1), lightly perturbed."""
+    labels = np.repeat(np.arange(5), [9, 3, 3, 3, 2])
+    aff = np.where(labels[:, None] == labels[None, :], 0.9, 0.1)
+    aff = aff + 0.02 * np.sin(np.arange(20)[:, None] * 2.3 + np.arange(20)[None, :] * 1.1)
+    aff = (aff + aff.T) / 2
+    np.fill_diagonal(aff, 1.0)
+    return aff
+
+
+def brute_force_split(aff, k, first, others):
+    """Every split of the grid into k contiguous clusters whose first size lies in ``first`` and the others in
+    ``others`` ((lo, hi), hi None = no limit); each costs -sum_j aff[centre, j] with centre the upper median. Returns
+    the cheapest start tuple and its margin to the runner-up."""
+    import itertools
+
+    n, scored = aff.shape[0], []
+    for cuts in itertools.combinations(range(1, n), k - 1):
+        bounds = list(zip((0, *cuts), (*cuts, n)))
+        sizes = [b - a for a, b in bounds]
+        ok = [lo <= s <= (hi or n) for s, (lo, hi) in zip(sizes, [first] + [others] * (k - 1))]
+        if all(ok):
+            scored.append((sum(-aff[a + (b - a) // 2, a:b].sum() for a, b in bounds), (0, *cuts)))
+    scored.sort()
+    return scored[0][1], scored[1][0] - scored[0][0]
+
+
+def test_gradient_dp_uses_the_official_size_limits_by_default():
+    """cluster.py: the first cluster has no upper limit and >= floor(n/2k) + 1 points; the others [floor(n/2k),
+    ceil(3n/2k)] = [2, 6] for n = 20, k = 5. Symmetric limits cap the first cluster at 6 and give another answer."""
+    aff, k = fixed_affinity(), 5
+    official, margin = brute_force_split(aff, k, (3, None), (2, 6))
+    symmetric, margin_s = brute_force_split(aff, k, (2, 6), (2, 6))
+    assert official == (0, 9, 12, 15, 18) and min(margin, margin_s) > 1e-3 and symmetric != official
+    assert build_clusterer("gradient", {"grid": 20}).split(aff, k).starts == official
+    assert build_clusterer("gradient", {"grid": 20, "size_limits": "symmetric"}).split(aff, k).starts == symmetric
+    with pytest.raises(ConfigError, match="size_limits: 'True' is not valid; allowed: official, symmetric, none"):
+        build_clusterer("gradient", {"size_limits": True})
+
+
+# -- which network is differentiated: the unified model ----------------------------------------------------------
+MULTI = [f"model.backbone={BACKBONE}", "dataset.name=digits", "model.variant=multistage", "stages.boundaries=[0.4,0.6]"]
+
+
+def test_without_checkpoints_the_unified_network_is_differentiated():
+    """The run config's default variant is multistage; the clusterer builds its unified model (the paper's)."""
+    inputs = ClusterInputs(config_overrides=[f"model.backbone={BACKBONE}", "dataset.name=digits"], device="cpu",
+                           progress=False)
+    assert inputs.get_run_config().model.variant == "multistage"
+    r = build_clusterer("gradient", {"grid": GRID, "batch_size": 16}).fit(VPLinearSchedule(), inputs, 3)
+    unified, _ = fit()
+    assert r.diagnostics["network"] == {"backbone": BACKBONE, "variant": "unified"}
+    assert np.allclose(r.diagnostics["matrix"]["values"], unified.diagnostics["matrix"]["values"], atol=1e-9)
+
+
+def test_a_multistage_network_is_refused_unless_asked_for(tmp_path):
+    cfg = load_config([], MULTI, validate=False)
+    torch.manual_seed(0)
+    path = tmp_path / "multi.pt"
+    save_checkpoint(path, {"step": 1, "config": to_dict(cfg), "model": build_denoiser(cfg).state_dict(), "ema": None})
+    clusterer = build_clusterer("gradient", {"grid": GRID, "batch_size": 4})
+    for inputs in (ClusterInputs(checkpoints=[str(path)], device="cpu", progress=False),
+                   ClusterInputs(config_overrides=MULTI, device="cpu", progress=False)):
+        with pytest.raises(ConfigError, match="'multistage' network.*allow_multistage=true|unified model.*"
+                                              "allow_multistage=true"):
+            clusterer.fit(VPLinearSchedule(), inputs, 3)
+        assert not inputs.used_data, "refused before any data was read"
+    inputs = ClusterInputs(checkpoints=[str(path)], device="cpu", progress=False)
+    r = build_clusterer("gradient", {"grid": GRID, "batch_size": 4, "allow_multistage": True}).fit(
+        VPLinearSchedule(), inputs, 3)
+    assert r.diagnostics["network"]["variant"] == "multistage" and r.diagnostics["models"] == [str(path)]

@@ -107,23 +107,65 @@ def test_hash_changes_with_what_a_step_reads():
 
 
 def test_latent_rows_share_one_vae_step(smoke):
-    if "ldm" not in BACKBONES:
-        pytest.skip("backbone ldm not installed")
+    assert "ldm" in BACKBONES, "the built-in ldm backbone must be registered"
     ldm = [smoke.cells[smoke.rows[r].cell] for r in ("table2.ldm", "table2.ldm_multistage")]
     vae = {d for c in ldm for d in smoke.steps[c.train].deps if d.startswith("vae-")}
     assert len(vae) == 1 and smoke.steps[ldm[1].cluster].deps == list(vae)
     assert sum(s.kind == "vae" for s in smoke.steps.values()) == 1
 
 
-def test_quoted_and_uninstalled_rows_are_not_run(smoke):
+def test_quoted_rows_are_not_run_and_every_builtin_row_is(smoke):
     assert all(smoke.rows[f"table1.{r}"].status == "quoted" for r in ("ddpm", "score_sde", "pfgm", "ddim", "gddim",
                                                                        "deis"))
-    for ref in ("table2.ldm", "table2.ldm_multistage"):
-        if "ldm" in BACKBONES:
-            assert smoke.rows[ref].status == "cell"
-        else:
-            assert smoke.rows[ref].status == "skipped"
-            assert smoke.rows[ref].reason == "backbone ldm not installed"
+    run_rows = [r for r, e in smoke.rows.items() if e.status != "quoted"]
+    assert {"table2.ldm", "table2.ldm_multistage"} <= set(run_rows)
+    assert [r for r in run_rows if smoke.rows[r].status != "cell"] == []  # built-in backbones only: all rows run
+
+
+def _one_row_table(tmp_path, backbone: str) -> str:
+    import yaml
+
+    from msrepro.launch.experiments import experiments_dir
+
+    table = yaml.safe_load((experiments_dir() / "table3.yaml").read_text())
+    table["rows"] = [{**table["rows"][0], "id": "mine", "backbone": backbone}]
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(table))
+    return str(path)
+
+
+def test_an_outside_backbone_that_is_not_installed_is_skipped_with_the_reason(tmp_path):
+    graph = plan([_one_row_table(tmp_path, "someone_elses_unet")], "smoke")
+    assert (graph.rows["table3.mine"].status, graph.rows["table3.mine"].reason) == (
+        "skipped", "backbone someone_elses_unet not installed")
+
+
+def test_a_missing_builtin_backbone_is_an_error(tmp_path, monkeypatch):
+    from msrepro._builtins import BUILTIN_BACKBONES
+
+    monkeypatch.setitem(BUILTIN_BACKBONES, "ghost", "msrepro.backbones.ghost")
+    with pytest.raises(ConfigError, match=r"table3.mine: built-in backbone 'ghost' is not registered: msrepro's "
+                                          r"entry point ghost = msrepro.backbones.ghost is missing"):
+        plan([_one_row_table(tmp_path, "ghost")], "smoke")
+
+
+def test_a_broken_builtin_backbone_stops_submit_dry_run(tmp_path):
+    """ldm failing to import (its module made unimportable in a fresh interpreter) is exit 2 naming the error,
+    not Table 2 without its LDM rows; `msrepro list backbones` reports the failure too."""
+    import subprocess
+    import sys
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        code = ("import sys; sys.modules['msrepro.backbones.ldm'] = None\n"  # import of it is halted: ImportError
+                f"from msrepro.cli import main; sys.exit(main({list(argv)!r}))")
+        return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    out = run("submit", "table2", "--preset", "smoke", "--dry-run", "--executor", "local")
+    assert out.returncode == 2 and out.stdout == "", out.stderr
+    assert "msrepro submit: error: table2.ldm: backbone 'ldm' (msrepro.backbones.ldm) failed to import: " \
+           "ModuleNotFoundError: import of msrepro.backbones.ldm halted" in out.stderr
+    listed = run("list", "backbones")
+    assert listed.returncode == 1 and "plugin ldm = msrepro.backbones.ldm (group msrepro.backbones) FAILED" in listed.stdout
 
 
 def test_presets_scale_the_budgets():
@@ -144,3 +186,26 @@ def test_bad_names_list_the_valid_ones(bad, valid):
     else:
         with pytest.raises(ConfigError, match=valid):
             select_tables(bad)
+
+
+def test_a_cluster_step_that_cannot_meet_its_k_fails_the_plan(tmp_path):
+    """The grid checks each cluster step's k against its clusterer (here: snr on a 10-point grid allows k <= 5)
+    before anything is queued; the message names the row, the key and the valid range."""
+    import yaml
+
+    from msrepro.launch.experiments import experiments_dir
+
+    table = yaml.safe_load((experiments_dir() / "table4.yaml").read_text())
+    row = {**table["rows"][1], "id": "snr_k6"}
+    row["config"] = {"model": {"variant": "multistage", "decoder_channels": [8] * 6},
+                     "stages": {"num_stages": 6, "boundaries": None},
+                     "cluster": {"name": "snr", "params": {"grid": 10}}}
+    table["rows"] = [row]
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(table))
+    with pytest.raises(ConfigError, match=r"table4.snr_k6 \(smoke\): stages.num_stages: snr cannot split the time "
+                                          r"axis into k=6 stages .*valid k: 2..5"):
+        plan([str(path)], "smoke")
+    row["config"]["cluster"]["params"]["grid"] = 12  # 12 points: k = 6 fits
+    path.write_text(yaml.safe_dump(table))
+    assert plan([str(path)], "smoke").rows["table4.snr_k6"].status == "cell"

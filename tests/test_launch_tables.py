@@ -119,3 +119,17 @@ def test_runs_with_the_same_name_are_told_apart_by_folder(full_run, tmp_path):
                                                                                           gmacs=[17.64]))})
     header = next(csv.reader(io.StringIO(render(load_table("table3"), [Run.load(full_run), Run.load(other)], "csv"))))
     assert f"FID ({full_run})" in header and f"FID ({other})" in header
+
+
+def test_table_notes_say_which_objective_gave_the_cut_points(tmp_path):
+    od = _result("fid", 2.4, steps=1, gmacs=[1.0, 1.0, 1.0], weighted=1.0, cuts=[0.226, 0.676])
+    od["cluster"]["objective"] = "interval DP, weighting=per_point: mean within-interval similarity"
+    run = Run.load(make_run(tmp_path, "A", "full", {"table4.optimal_denoiser": ("od", od),
+                                                     "table4.snr": ("snr", _result("fid", 2.9, steps=1, gmacs=[1.0],
+                                                                                   cuts=[0.348, 0.709]))}))
+    md = render(load_table("table4"), [run], "md")
+    assert "- A: cut points of Optimal Denoiser (ours): interval DP, weighting=per_point: mean within-interval " \
+           "similarity." in md
+    assert "cut points of SNR" not in md  # a result without an objective (older runs) adds no note
+    assert json.loads(render(load_table("table4"), [run], "json"))["notes"][0].startswith("A: cut points of Optimal")
+    assert "cut points of" not in render(load_table("table3"), [run], "md")  # no cut-point columns there

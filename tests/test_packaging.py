@@ -28,3 +28,26 @@ def test_no_top_level_packages_named_like_our_folders(tmp_path):
             "print([n for n in ('registry', 'backbones', 'slurm') if importlib.util.find_spec(n)])")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def tabulate_calls() -> list[tuple[str, int, bool]]:
+    """(file, line, passes disable_numparse=True) for every tabulate(...) call in the product and the benches."""
+    import ast
+
+    calls = []
+    for folder in ("msrepro", "backbones", "registry", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "tabulate":
+                    ok = any(k.arg == "disable_numparse" and getattr(k.value, "value", None) is True
+                             for k in node.keywords)
+                    calls.append((str(path.relative_to(ROOT)), node.lineno, ok))
+    return calls
+
+
+def test_every_text_table_keeps_its_strings():
+    """tabulate re-parses number-like strings ('3.779e+05' -> 377900) unless disable_numparse=True (issue 11)."""
+    calls = tabulate_calls()
+    assert len({f for f, _, _ in calls}) >= 8, f"the scan found too few tabulate calls: {calls}"
+    bad = [f"{f}:{line}" for f, line, ok in calls if not ok]
+    assert not bad, f"pass disable_numparse=True (and format numbers yourself) at: {', '.join(bad)}"

@@ -130,3 +130,28 @@ def test_run_config_validation_checks_sampler_values():
         validate_run_config(tiny_config("sample.params.spacing=cubic"))
     with pytest.raises(ConfigError, match="order must be 1, 2 or 3"):
         validate_run_config(tiny_config("sample.params.order=5"))
+
+
+@pytest.mark.parametrize("argv,message,cuda", [
+    (["--device", "cuda"], "--device cuda: CUDA is not available on this machine", 0),
+    (["--device", "cuda:3"], "--device cuda:3: this machine has 2 CUDA device(s), cuda:0 .. cuda:1", 2),
+    (["--device", "gpu0"], "--device: 'gpu0' is not a device", 0),
+    (["--out", "FILE/sub"], "cannot create the output folder", 0),
+])
+def test_sample_command_checks_device_and_output_before_sampling(tmp_path, capsys, monkeypatch, argv, message, cuda):
+    """Bad devices and output folders fail before the model is loaded or anything is sampled (exit 2, one line);
+    the CUDA devices this machine has are set here, so the test means the same on any machine."""
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.pt")
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
+
+    def no_work(*a, **k):
+        raise AssertionError("work started before the bad option was rejected")
+
+    monkeypatch.setattr("msrepro.checkpoint.load_model", no_work)
+    monkeypatch.setattr("msrepro.sampling.generate", no_work)
+    argv = [str(tmp_path / a) if a.startswith("FILE") else a for a in argv]
+    assert main(["sample", str(ckpt), "--no-progress", "--num", "2", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

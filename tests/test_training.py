@@ -139,26 +139,37 @@ def env1() -> dict:
 
 
 def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, min_step: int, timeout: float = 120) -> None:
-    end = time.time() + timeout
-    while time.time() < end and proc.poll() is None:
+    """Until a checkpoint at >= min_step exists (also when the process has already finished: a fast machine)."""
+    def reached() -> bool:
         last = latest_checkpoint(run_dir)
-        if last is not None and int(last.stem.split("-")[1]) >= min_step:
-            return
+        return last is not None and int(last.stem.split("-")[1]) >= min_step
+
+    end = time.time() + timeout
+    while time.time() < end and proc.poll() is None and not reached():
         time.sleep(0.05)
-    raise AssertionError(f"no checkpoint at step >= {min_step} (process status {proc.poll()})")
+    if not reached():
+        raise AssertionError(f"no checkpoint at step >= {min_step} (process status {proc.poll()})")
 
 
 @pytest.mark.slow
 def test_sigkill_then_same_command_ends_equal_to_uninterrupted(tmp_path):
-    steps = ["train.steps=24", "train.checkpoint_every=6"]
-    ref = train(cfg_for(tmp_path, "ref", *steps), progress=False)
-    proc = subprocess.Popen(cli(tmp_path, "killed", *steps), env=env1(), stderr=subprocess.DEVNULL)
-    wait_for_checkpoint(tmp_path / "killed", proc, 6)
-    proc.kill()
-    proc.wait()
-    assert latest_checkpoint(tmp_path / "killed").stem < "ckpt-00000024"  # killed mid-run
-    subprocess.run(cli(tmp_path, "killed", *steps), env=env1(), check=True, capture_output=True)
-    assert_same(weights(ref.checkpoint), weights(latest_checkpoint(tmp_path / "killed")))
+    """Killed after its first checkpoint, the same command resumes and ends equal to an uninterrupted run. A fast
+    machine may finish the run before the kill lands: then the run is made 4x longer and tried again, so the kill
+    is always mid-run, whatever the machine's speed."""
+    for attempt, total in enumerate((24, 96, 384)):
+        steps = [f"train.steps={total}", "train.checkpoint_every=6"]
+        name = f"killed{attempt}"
+        proc = subprocess.Popen(cli(tmp_path, name, *steps), env=env1(), stderr=subprocess.DEVNULL)
+        wait_for_checkpoint(tmp_path / name, proc, 6)
+        proc.kill()
+        proc.wait()
+        if int(latest_checkpoint(tmp_path / name).stem.split("-")[1]) < total:
+            break  # killed mid-run
+    else:
+        pytest.fail("every run finished before SIGKILL landed")
+    ref = train(cfg_for(tmp_path, f"ref{attempt}", *steps), progress=False)
+    subprocess.run(cli(tmp_path, name, *steps), env=env1(), check=True, capture_output=True)
+    assert_same(weights(ref.checkpoint), weights(latest_checkpoint(tmp_path / name)))
 
 
 @pytest.mark.slow
@@ -221,3 +232,14 @@ def build_initial(tmp: Path) -> dict:
     from msrepro.training.setup import build_model
 
     return build_model(cfg_for(tmp, "init", *DDP_ARGS), torch.device("cpu")).state_dict()
+
+
+def test_a_start_that_fails_on_missing_data_leaves_no_run_directory(tmp_path):
+    """The data (and every file the run needs) is found before the run directory is written, so fixing the
+    config and starting again is not refused as 'a run with a different config' (issue 11)."""
+    from msrepro.datasets import OfflineDataError
+
+    with pytest.raises(OfflineDataError, match="msrepro prefetch cifar10"):
+        train(cfg_for(tmp_path, "r", "dataset.name=cifar10", f"dataset.root={tmp_path / 'missing'}"), progress=False)
+    assert not (tmp_path / "r").exists()
+    assert train(cfg_for(tmp_path, "r", "train.steps=1"), progress=False).step == 1

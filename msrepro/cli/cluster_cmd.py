@@ -83,15 +83,19 @@ def summary(result: Any, elapsed: float) -> str:
         if isinstance(data, dict) else ""
     lines = [f"{result.clusterer}, k={result.k}, schedule {result.schedule.name}{src}: {elapsed:.1f} s",
              f"cut points (t):  {'  '.join(f'{c:.4g}' for c in result.boundaries)}",
+             f"from:            {result.objective}",
              f"log-SNR at cuts: {'  '.join(f'{c:.4g}' for c in result.log_snr)}", "",
-             tabulate(rows, headers=["stage", "t interval", "sigma interval", "length"]), ""]
+             tabulate(rows, headers=["stage", "t interval", "sigma interval", "length"],
+                      disable_numparse=True), ""]
     for key in ("interval_dp", "threshold"):
         d = result.diagnostics.get(key)
         if isinstance(d, dict) and key == "threshold":
             lines.append(f"threshold rule (Alg. 1, alpha={d['alpha']}): t1={d['t1']}, t2={d['t2']}"
                          + ("" if d["valid"] else "  (not a valid split)"))
         elif isinstance(d, dict):
-            lines.append(f"interval DP ({d['weighting']}): cuts {d['cuts']}, sizes {d['sizes']}")
+            for w, dw in (result.diagnostics.get("weightings") or {d["weighting"]: d}).items():
+                used = "  <- these cut points" if w == d["weighting"] and "interval" in result.objective else ""
+                lines.append(f"interval DP ({w}): cuts {dw['cuts']}, sizes {dw['sizes']}{used}")
     lines += [f"{k:7s} {v}" for k, v in result.files.items()]
     return "\n".join(lines)
 
@@ -106,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--k: need at least 2 stages (k - 1 >= 1 cut points), got {args.k}")
     params, dataset_items, files, run_items = split_cluster_items(args.items)
     clusterer = cls(params)
+    clusterer.check_k(args.k, "--k")  # an impossible k fails here, before any data, model or work
     schedule = build_schedule({"name": args.schedule})
     inputs = build_inputs(args, dataset_items, files, run_items)
     start = time.perf_counter()

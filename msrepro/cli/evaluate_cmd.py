@@ -43,12 +43,14 @@ def request(args: argparse.Namespace, checkpoint: Path) -> dict[str, Any]:
     """evaluate_checkpoint keyword arguments from the command line (sampler options checked now)."""
     from msrepro.checkpoint import checkpoint_config
     from msrepro.cli import UserError
-    from msrepro.cli.sample_cmd import read_checkpoint, sample_section
+    from msrepro.cli.sample_cmd import pick_device, read_checkpoint, sample_section
 
     for name in ("num", "repeats", "batch"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name} must be >= 1, got {value}")
+    if args.device is not None:
+        pick_device(args.device)  # an absent device fails now, not after the reference statistics
     cfg = checkpoint_config(read_checkpoint(checkpoint))
     return {"metrics": args.metrics, "num": args.num, "seeds": args.seeds, "repeats": args.repeats,
             "device": args.device, "ema": not args.no_ema, "progress": not args.no_progress,
@@ -64,14 +66,18 @@ def format_result(result: dict[str, Any]) -> str:
         rows.append([result["labels"][key], f"{value:.4g}" + (f" ± {std:.2g}" if result["num_repeats"] > 1 else "")])
     head = f"{result['checkpoint']} (step {result['step']}): {result['num_samples']} samples"
     tail = f"protocol: {result['protocol']}\n{result['images_per_s']:.1f} images/s, {result['wall_s']:.1f} s in all"
-    return f"{head}\n{tabulate(rows, headers=['metric', 'value'])}\n{tail}"
+    return f"{head}\n{tabulate(rows, headers=['metric', 'value'], disable_numparse=True)}\n{tail}"
 
 
 def run(args: argparse.Namespace) -> int:
+    from msrepro.cli.sample_cmd import output_folder
     from msrepro.evaluation import evaluate_checkpoint
     from msrepro.io import atomic_write_json
 
-    result = evaluate_checkpoint(args.checkpoint, png_dir=args.write_png, **request(args, args.checkpoint))
+    kwargs = request(args, args.checkpoint)
+    for folder in ([args.write_png] if args.write_png else []) + ([args.json.parent] if args.json else []):
+        output_folder(folder)  # an unwritable place fails now, not after sampling
+    result = evaluate_checkpoint(args.checkpoint, png_dir=args.write_png, **kwargs)
     print(format_result(result))
     if args.json:
         atomic_write_json(args.json, result)

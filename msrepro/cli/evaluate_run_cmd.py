@@ -22,6 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p)
 
 
+def _g(value: float | None) -> str:
+    """Four significant digits, as the table prints them (the string is kept: no re-parsing by tabulate)."""
+    return "-" if value is None else f"{value:.4g}"
+
+
 def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
@@ -39,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
     for r in args.runs:
         records = evaluate_run(r, **request(args, run_checkpoints(r)[-1]))
         keys = list(records[0]["metrics"])
-        rows = [[rec["step"], rec.get("pflops"), *(rec["metrics"][k] for k in keys)] for rec in records]
+        rows = [[rec["step"], _g(rec.get("pflops")), *(_g(rec["metrics"][k]) for k in keys)] for rec in records]
         print(f"{r}:")
-        print(tabulate(rows, headers=["step", "PFLOPs", *(LABELS.get(k, k) for k in keys)], floatfmt=".4g"))
+        print(tabulate(rows, headers=["step", "PFLOPs", *(LABELS.get(k, k) for k in keys)], disable_numparse=True))
     if args.plot:
         path = plot_metric_vs_iterations(args.runs, args.plot, metric=args.metric, x=args.x)
         print(f"plot: {path}")

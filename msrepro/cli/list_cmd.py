@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     for reg in regs:
         rows = [(e.name, e.description, e.origin) for e in reg.entries(args.pattern)]
         print(f"{reg.kind} ({len(rows)})")
-        print(tabulate(rows, headers=["name", "description", "origin"]) if rows else "  (none)")
+        print(tabulate(rows, headers=["name", "description", "origin"], disable_numparse=True) if rows else "  (none)")
         print()
     for f in failures:
         print(f"plugin {f.name} = {f.value} (group {f.group}) FAILED to load: {f.error}")

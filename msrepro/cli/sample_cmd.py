@@ -95,12 +95,40 @@ def default_out(checkpoint: Path) -> Path:
     return run_dir / "samples" / checkpoint.stem
 
 
-def pick_device(name: str) -> str:
+def pick_device(name: str | None) -> str:
+    """``auto``: cuda where available, else cpu. A malformed or absent device is a UserError, before any work."""
     import torch
+
+    from msrepro.cli import UserError
 
     if name in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise UserError(f"--device: '{name}' is not a device ({exc}); use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= count:
+            raise UserError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 .. cuda:{count - 1}")
     return name
+
+
+def output_folder(path: Path) -> Path:
+    """Create the output folder now, so that an unwritable place fails before any image is sampled."""
+    import os
+
+    from msrepro.cli import UserError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {path}: cannot create the output folder ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"--out {path}: the output folder is not writable")
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,9 +145,9 @@ def run(args: argparse.Namespace) -> int:
     seeds = resolve_seeds(args.num, seeds_spec, cfg.sample.num)
     sample = sample_section(cfg, args.sampler, args.batch, list(args.items))
     device = pick_device(args.device or cfg.device)
+    out = output_folder(args.out or default_out(args.checkpoint))
     model, cfg = load_model(args.checkpoint, ema=not args.no_ema, map_location=device)
     channels, resolution = data_shape(cfg)
-    out = args.out or default_out(args.checkpoint)
     writer = NPZWriter(out / "samples.npz") if args.format == "npz" else PNGWriter(out)
     gen = generate(model, sample, (channels, resolution, resolution), seeds, device, progress=not args.no_progress)
     grid: list[torch.Tensor] = []

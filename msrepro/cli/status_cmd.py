@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"run {run_dir}: preset {info.get('preset')}, tables {', '.join(info.get('tables', []))}, "
           f"executor {info.get('executor')}")
-    print(tabulate(rows, headers=["cell", "rows", "cluster", "train", "evaluate", "note"]))
+    print(tabulate(rows, headers=["cell", "rows", "cluster", "train", "evaluate", "note"], disable_numparse=True))
     graph = read_json(run_dir / "graph.json") or {}
     for ref, e in graph.get("rows", {}).items():
         if e["status"] == "skipped":

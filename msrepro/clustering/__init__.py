@@ -9,7 +9,7 @@ from msrepro.clustering.base import Clusterer
 from msrepro.clustering.inputs import ClusterInputs
 from msrepro.clustering.result import ClusterResult
 
-__all__ = ["ClusterInputs", "ClusterResult", "Clusterer", "build_clusterer", "fit_from_config"]
+__all__ = ["ClusterInputs", "ClusterResult", "Clusterer", "build_clusterer", "check_cluster_config", "fit_from_config"]
 
 
 def build_clusterer(name: str, params=None) -> Clusterer:
@@ -17,6 +17,15 @@ def build_clusterer(name: str, params=None) -> Clusterer:
     from msrepro.registry import CLUSTERERS
 
     return CLUSTERERS.get(name)(params)
+
+
+def check_cluster_config(cfg) -> Clusterer:
+    """The run config's clusterer, checked (options, and k = ``stages.num_stages``) before any work; ConfigError."""
+    from omegaconf import OmegaConf
+
+    clusterer = build_clusterer(cfg.cluster.name, OmegaConf.to_container(cfg.cluster.params, resolve=True))
+    clusterer.check_k(int(cfg.stages.num_stages), "stages.num_stages")
+    return clusterer
 
 
 def fit_from_config(cfg, checkpoints=(), out_dir=None, progress: bool = True) -> ClusterResult:
@@ -30,7 +39,7 @@ def fit_from_config(cfg, checkpoints=(), out_dir=None, progress: bool = True) ->
 
     from msrepro.schedules import build_schedule
 
-    clusterer = build_clusterer(cfg.cluster.name, OmegaConf.to_container(cfg.cluster.params, resolve=True))
+    clusterer = check_cluster_config(cfg)
     schedule = build_schedule({"name": cfg.cluster.schedule} if cfg.cluster.schedule
                               else OmegaConf.to_container(cfg.schedule, resolve=True))
     inputs = ClusterInputs(dataset=OmegaConf.to_container(cfg.dataset, resolve=True), checkpoints=list(checkpoints),

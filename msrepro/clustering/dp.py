@@ -5,15 +5,17 @@ Every objective is handed over as a matrix ``cost[a, b]`` = cost of the cluster 
 
     min over 0 = s_0 < s_1 < ... < s_{k-1} <= n-1 of  sum_j cost[s_j, s_{j+1} - 1]   (s_k = n),
 
-subject to each cluster's size lying in [min_size, max_size], in O(k n^2) vectorised numpy. Ties go to the
-earliest start of the later cluster (``np.argmin`` in the official ``interval_cluster``), so equal-cost splits
-resolve as the official code resolves them (0.334 / 0.667 for the timestep baseline).
+subject to each cluster's size lying in [min_size, max_size] (the first cluster may have its own limits, as in
+the official DP: see :func:`grid_limits`), in O(k n^2) vectorised numpy. Ties go to the earliest start of the later
+cluster (``np.argmin`` in the official ``interval_cluster``), so equal-cost splits resolve as the official code
+resolves them (0.334 / 0.667 for the timestep baseline).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -39,30 +41,84 @@ class Partition:
 
 
 def size_limits(n: int, k: int) -> tuple[int, int]:
-    """The official cluster size limits [floor(n / 2k), ceil(3n / 2k)]."""
+    """The official cluster size bounds (floor(n / 2k), ceil(3n / 2k)) of ``interval_cluster``."""
     return n // (2 * k), math.ceil(3 * n / (2 * k))
 
 
-def grid_limits(n: int, k: int, official: bool = True) -> tuple[int, int | None]:
-    """Size limits for the baselines: the official ones (or none), and at least 2 points per cluster so that no
-    cluster holds only the grid's last point t = 1 (its start would be a cut point at the end of the time axis)."""
-    lo, hi = size_limits(n, k) if official else (1, None)
-    return max(lo, 2), hi
+SIZE_LIMITS: tuple[str, ...] = ("official", "symmetric", "none")
 
 
-def partition(cost: np.ndarray, k: int, min_size: int = 1, max_size: int | None = None) -> Partition:
-    """Exact minimum-cost split of n grid points into k contiguous clusters with sizes in [min_size, max_size]."""
+@dataclass(frozen=True)
+class SizeLimits:
+    """Allowed cluster sizes: the first cluster in [first_min, first_max], every later one in [min_size, max_size]
+    (None: no upper limit)."""
+
+    min_size: int = 1
+    max_size: int | None = None
+    first_min: int = 1
+    first_max: int | None = None
+    mode: str = ""
+
+    def feasible(self, n: int, k: int) -> bool:
+        """Whether some split of n points into k clusters meets these limits (sizes are integer intervals)."""
+        if k < 1 or self.first_min < 1 or self.min_size < 1:
+            return False
+        fmax = n if self.first_max is None else self.first_max
+        rmax = n if self.max_size is None else self.max_size
+        if k == 1:
+            return self.first_min <= n <= fmax
+        if self.first_min > fmax or self.min_size > rmax:
+            return False
+        return self.first_min + (k - 1) * self.min_size <= n <= fmax + (k - 1) * rmax
+
+    def describe(self) -> str:
+        rest = f"[{self.min_size}, {'no limit' if self.max_size is None else self.max_size}]"
+        first = f"[{self.first_min}, {'no limit' if self.first_max is None else self.first_max}]"
+        return f"cluster sizes {rest}" if first == rest else f"first cluster {first}, the others {rest}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "first": [self.first_min, self.first_max], "others": [self.min_size, self.max_size]}
+
+
+def grid_limits(n: int, k: int, mode: str = "official") -> SizeLimits:
+    """Size limits of the Table 4 baselines on an n-point grid, with lo, hi = :func:`size_limits`.
+
+    ``official`` (the authors' ``interval_cluster``, cluster.py): the first cluster has no upper limit and at least
+    lo + 1 points, the others [lo, hi]. ``symmetric``: every cluster in [lo, hi]. ``none``: no limits. Every cluster
+    but the first also keeps at least 2 points, so that none holds only the grid's last point (its start would be a
+    cut point at the end of the time axis).
+    """
+    lo, hi = size_limits(n, k)
+    if mode == "official":
+        return SizeLimits(max(lo, 2), hi, lo + 1, None, mode)
+    if mode == "symmetric":
+        return SizeLimits(max(lo, 2), hi, max(lo, 2), hi, mode)
+    if mode == "none":
+        return SizeLimits(2, None, 1, None, mode)
+    raise ValueError(f"unknown size limits '{mode}'; valid: {', '.join(SIZE_LIMITS)}")
+
+
+def largest_k(n: int, limits: Callable[[int], SizeLimits], k_min: int = 2) -> int | None:
+    """The largest k >= k_min for which ``limits(k)`` admits a split of n points (None if there is none)."""
+    ok = [k for k in range(k_min, n + 1) if limits(k).feasible(n, k)]
+    return max(ok) if ok else None
+
+
+def partition(cost: np.ndarray, k: int, min_size: int = 1, max_size: int | None = None,
+              first: tuple[int, int | None] | None = None) -> Partition:
+    """Exact minimum-cost split of n grid points into k contiguous clusters with sizes in [min_size, max_size];
+    ``first`` = (min, max) gives the first cluster other limits (default: the same)."""
     cost = np.asarray(cost, dtype=np.float64)
     n = cost.shape[0]
-    max_size = n if max_size is None else max_size
-    if k < 1 or not 1 <= max(min_size, 1) <= max_size or k * max(min_size, 1) > n or k * max_size < n:
-        raise ValueError(f"cannot split {n} grid points into k={k} clusters of sizes in [{min_size}, {max_size}]")
-    a, b = np.arange(n)[:, None], np.arange(n)[None, :]
-    size = b - a + 1
-    c = np.where((size >= max(min_size, 1)) & (size <= max_size), cost, np.inf)
+    lim = SizeLimits(max(min_size, 1), max_size, *(first or (max(min_size, 1), max_size)))
+    if not lim.feasible(n, k):
+        raise ValueError(f"cannot split {n} grid points into k={k} clusters with {lim.describe()}")
+    size = np.arange(n)[None, :] - np.arange(n)[:, None] + 1
+    rest_max, first_max = lim.max_size or n, lim.first_max or n
+    c = np.where((size >= lim.min_size) & (size <= rest_max), cost, np.inf)
     best = np.empty((k, n))
     arg = np.zeros((k, n), dtype=np.int64)
-    best[0] = c[0]
+    best[0] = np.where((size[0] >= lim.first_min) & (size[0] <= first_max), cost[0], np.inf)
     for m in range(1, k):
         cand = best[m - 1][:-1, None] + c[1:, :]  # cand[a - 1, i]: last cluster a..i after an optimal prefix
         lo = cand.min(0)
@@ -70,7 +126,7 @@ def partition(cost: np.ndarray, k: int, min_size: int = 1, max_size: int | None 
         arg[m] = np.argmax(cand <= lo + tol, axis=0) + 1
         best[m] = lo
     if not np.isfinite(best[k - 1, n - 1]):
-        raise ValueError(f"no split of {n} grid points into k={k} clusters of sizes in [{min_size}, {max_size}]")
+        raise ValueError(f"no split of {n} grid points into k={k} clusters with {lim.describe()}")
     starts, end = [], n - 1
     for m in range(k - 1, 0, -1):
         starts.append(int(arg[m, end]))
@@ -78,6 +134,11 @@ def partition(cost: np.ndarray, k: int, min_size: int = 1, max_size: int | None 
     starts = [0, *reversed(starts)]
     sizes = [e - s for s, e in zip(starts, [*starts[1:], n])]
     return Partition(tuple(starts), tuple(sizes), float(best[k - 1, n - 1]))
+
+
+def split(cost: np.ndarray, k: int, limits: SizeLimits) -> Partition:
+    """:func:`partition` under ``limits``."""
+    return partition(cost, k, limits.min_size, limits.max_size, (limits.first_min, limits.first_max))
 
 
 # -- cost matrices, O(n^2) from prefix sums ----------------------------------------------------------------

@@ -9,6 +9,11 @@ Any registered denoiser network works: the run config builds it (:func:`msrepro.
 checkpoint (:func:`msrepro.checkpoint.load_checkpoint`) fills it; with no checkpoints the network is randomly
 initialised from the seed. Memory: the n gradients are held at once (n x parameters x 4 bytes; 43 GB for the
 107 M-parameter DDPM++ at n = 100, so use ``storage_dtype=bfloat16`` or a smaller grid there).
+
+The network is the run config's *unified* model (K = 1), as in the paper; a multistage checkpoint or
+``model.variant`` override is refused unless ``allow_multistage=true``. DP size limits: ``size_limits=official``
+(default; the authors' ``cluster.py``: first cluster at least floor(n / 2k) + 1 points and no upper limit, the others
+in [floor(n / 2k), ceil(3n / 2k)]), ``symmetric`` (every cluster in that range) or ``none``.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from msrepro.clustering.base import Clusterer, fraction_grid
-from msrepro.clustering.dp import affinity_cost, grid_limits, partition
+from msrepro.clustering.base import Clusterer, SizeLimitedGrid, fraction_grid
+from msrepro.clustering.dp import Partition, affinity_cost, split
 from msrepro.clustering.inputs import ClusterInputs
 from msrepro.clustering.result import ClusterResult
 from msrepro.config import ConfigError
@@ -37,7 +42,8 @@ class GradientConfig:
     ema: bool = False                 # differentiate the EMA weights (official: the raw model weights)
     train_mode: bool = True           # dropout on, as the official script (score_model.train())
     storage_dtype: str = "float32"    # how the grid's gradients are held: float32, bfloat16, float16
-    size_limits: bool = True          # cluster sizes in [floor(n / 2k), ceil(3n / 2k)] as the official DP
+    size_limits: str = "official"     # official (first cluster > floor(n/2k), no upper limit), symmetric, none
+    allow_multistage: bool = False    # differentiate a non-unified network (default: refused; the paper's is unified)
 
 
 def noise_for(i: int, shape: torch.Size, seed: int) -> torch.Tensor:
@@ -61,8 +67,8 @@ def cosine_matrix(grads: torch.Tensor, chunk: int = 1 << 24) -> np.ndarray:
 
 
 @CLUSTERERS.register("gradient")
-class GradientClusterer(Clusterer):
-    """Gradient-affinity baseline (Table 4): cosine similarity of full-model loss gradients on one real batch."""
+class GradientClusterer(SizeLimitedGrid, Clusterer):
+    """Gradient baseline (Table 4): cosine similarity of unified-model loss gradients, size_limits=official|..."""
 
     name = "gradient"
     Config = GradientConfig
@@ -74,13 +80,14 @@ class GradientClusterer(Clusterer):
                               f"allowed: {', '.join(STORAGE)}")
         if p.grid < 2 or p.batch_size < 1:
             raise ConfigError(f"cluster.params: need grid >= 2 and batch_size >= 1, got {p.grid}, {p.batch_size}")
+        self.check_size_limits()
 
     def models(self, inputs: ClusterInputs):
-        """Yield (label, denoiser) for every checkpoint, or one randomly initialised network."""
+        """Yield (label, denoiser) for every checkpoint, or one randomly initialised unified network."""
         from msrepro.checkpoint import load_checkpoint
         from msrepro.models import build_denoiser
 
-        cfg, dev = inputs.get_run_config(), inputs.torch_device()
+        cfg, dev = inputs.network_config(allow_multistage=self.params.allow_multistage), inputs.torch_device()
         if not inputs.checkpoints:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(inputs.seed)
@@ -115,9 +122,19 @@ class GradientClusterer(Clusterer):
         model.zero_grad(set_to_none=True)
         return out
 
+    def objective(self) -> str:
+        return (f"DP minimising -sum gradient affinity to the cluster's upper median on {self.params.grid} grid "
+                f"points, size_limits={self.params.size_limits}")
+
+    def split(self, affinity: np.ndarray, k: int) -> Partition:
+        """The official DP: k contiguous clusters minimising -sum affinity[centre, member] under the size limits."""
+        return split(affinity_cost(affinity), k, self.limits(k))
+
     def fit(self, schedule: NoiseSchedule, inputs: ClusterInputs, k: int) -> ClusterResult:
         from tqdm import tqdm
 
+        self.check_k(k)
+        net = inputs.network_config(allow_multistage=self.params.allow_multistage)  # a wrong network: before work
         p, n = self.params, int(self.params.grid)
         t = fraction_grid(schedule, np.round((np.arange(n) + 1) / n, 12))
         sigmas = schedule.sigma(torch.as_tensor(t, dtype=torch.float64)).to(torch.float32)
@@ -132,13 +149,14 @@ class GradientClusterer(Clusterer):
                 labels.append(label)
                 del grads, model
         affinity = np.mean(affinities, axis=0)
-        lo, hi = grid_limits(n, k, p.size_limits)
-        part = partition(affinity_cost(affinity), k, lo, hi)
+        part = self.split(affinity, k)
         diag = {"curves": {"x": t.tolist(), "xlabel": "t", "ylabel": "gradient cosine similarity",
                            "series": {f"cos(g(t), g({t[0]:.3g}))": affinity[:, 0].tolist(),
                                       f"cos(g(t), g({t[-1]:.3g}))": affinity[:, -1].tolist()}},
                 "matrix": {"grid": t.tolist(), "values": affinity.tolist(), "title": "gradient affinity",
                            "label": "cosine similarity, mean over checkpoints"},
                 "models": labels, "batch_size": int(x0.shape[0]), "gradient_norms": norms,
-                "cluster_sizes": list(part.sizes), "total_cost": part.cost, "size_limits": [lo, hi]}
+                "cluster_sizes": list(part.sizes), "total_cost": part.cost,
+                "size_limits": self.limits(k).to_dict(),
+                "network": {"backbone": net.model.backbone, "variant": net.model.variant}}
         return self.result(schedule, inputs, k, t[list(part.starts[1:])], diag)

@@ -64,15 +64,42 @@ class ClusterInputs:
             if self.config_files or not self.checkpoints:
                 cfg = load_config(list(self.config_files), list(self.config_overrides), validate=False)
             else:
-                from msrepro.checkpoint import checkpoint_config, load_checkpoint
+                from msrepro.checkpoint import read_config
 
-                cfg = merge(checkpoint_config(load_checkpoint(self.checkpoints[0])),
+                cfg = merge(read_config(self.checkpoints[0]),
                             OmegaConf.from_dotlist(list(self.config_overrides)), where="overrides")
             from msrepro.validate import validate_stages
 
             validate_stages(cfg)
             self.run_config = cfg
         return self.run_config
+
+    def network_config(self, *, allow_multistage: bool = False) -> DictConfig:
+        """The run config of the network a model-reading clusterer differentiates: a *unified* model, as the paper's
+        gradient baseline (Table 4). Without checkpoints a non-unified run config becomes its unified model (same
+        backbone, width, params); a non-unified checkpoint or ``model.variant`` override is refused (ConfigError)
+        unless ``allow_multistage``. Reads only the checkpoints' configs."""
+        from msrepro.checkpoint import read_config
+        from msrepro.config import ConfigError, normalize_unified
+
+        cfg = self.get_run_config()
+        if allow_multistage:
+            return cfg
+        how = "pass allow_multistage=true (cluster.params.allow_multistage) to differentiate it anyway"
+        for path in self.checkpoints:
+            variant = read_config(path).model.variant
+            if variant != "unified":
+                raise ConfigError(f"--checkpoint {path}: holds a '{variant}' network, but the gradient baseline "
+                                  f"differentiates a unified model (paper Table 4); give checkpoints of a "
+                                  f"model.variant=unified run, or {how}")
+        for item in self.config_overrides:
+            key, _, value = item.partition("=")
+            if key.strip() == "model.variant" and value.strip() != "unified":
+                raise ConfigError(f"{item}: the gradient baseline differentiates a unified model (paper Table 4); "
+                                  f"drop the override, or {how}")
+        if cfg.model.variant == "unified":
+            return cfg
+        return normalize_unified(merge(cfg, {"model": {"variant": "unified"}}, where="unified network"))
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":

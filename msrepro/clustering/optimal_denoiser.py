@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from msrepro.clustering.base import Clusterer, fraction_grid
-from msrepro.clustering.dp import WEIGHTINGS, max_mean_similarity
+from msrepro.clustering.dp import WEIGHTINGS, SizeLimits, largest_k, max_mean_similarity
 from msrepro.clustering.inputs import ClusterInputs
 from msrepro.clustering.result import ClusterResult
 from msrepro.config import ConfigError
@@ -49,6 +49,13 @@ OBJECTIVES = ("interval_dp", "threshold")
 SPACES = ("x0", "eps")
 DATA_RANGES = ("zero_one", "minus_one_one")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: what each interval-DP weighting maximises (result.json ``objective``, the tables' notes)
+WEIGHTING_TEXT = {
+    "per_point": "mean within-interval similarity averaged over grid points (each t counts equally; msrepro's "
+                 "default, not the official objective)",
+    "per_interval": "sum over intervals of their mean similarity (each interval counts equally; the official "
+                    "Gurobi objective)",
+}
 
 
 @dataclass
@@ -126,10 +133,35 @@ class OptimalDenoiserClusterer(Clusterer):
                                     ("weighting", p.weighting, WEIGHTINGS)]:
             if value not in allowed:
                 raise ConfigError(f"cluster.params.{key}: '{value}' is not valid; allowed: {', '.join(allowed)}")
+        if p.max_size is not None and p.max_size < max(p.min_size, 1):
+            raise ConfigError(f"cluster.params.max_size: {p.max_size} is below min_size={p.min_size}")
         if p.grid < 3 or p.samples < 1 or p.eta < 0 or not 0 < p.grid_start < 1 / (p.grid - 1):
             raise ConfigError(f"cluster.params: need grid >= 3, samples >= 1, eta >= 0, 0 < grid_start < "
                               f"1/(grid-1); got grid={p.grid}, samples={p.samples}, eta={p.eta}, "
                               f"grid_start={p.grid_start}")
+
+    def limits(self) -> SizeLimits:
+        """Interval sizes of the interval DP (every interval alike)."""
+        p = self.params
+        return SizeLimits(max(p.min_size, 1), p.max_size, max(p.min_size, 1), p.max_size, "interval_dp")
+
+    def k_range(self) -> tuple[int, int | None]:
+        if self.params.objective == "threshold":
+            return 3, 3
+        return 2, largest_k(int(self.params.grid), lambda k: self.limits())
+
+    def accepts_k(self, k: int) -> bool:
+        """The interval DP (always run) must find k intervals; the threshold rule needs k = 3."""
+        lo, hi = self.k_range()
+        return lo <= k <= (hi or 0) and self.limits().feasible(int(self.params.grid), k)
+
+    def k_context(self) -> str:
+        p = self.params
+        if p.objective == "threshold":
+            return ("objective=threshold: the threshold rule (Algorithm 1) gives exactly two cut points, so k must "
+                    "be 3; use objective=interval_dp for any k")
+        return (f"a {p.grid}-point grid (cluster.params.grid) and interval sizes "
+                f"[{self.limits().min_size}, {p.max_size or 'no limit'}] (min_size, max_size)")
 
     def similarity_matrix(self, schedule: NoiseSchedule, inputs: ClusterInputs, grid: np.ndarray) -> np.ndarray:
         """Mean over K pairs (y, eps) of D(f_{t_a}, f_{t_b}) for every pair of grid times (Eq. 5)."""
@@ -146,16 +178,24 @@ class OptimalDenoiserClusterer(Clusterer):
         outs = denoise_on_grid(od, y, eps, sigmas.tolist(), p.space, p.query_batch, inputs.progress)
         return pairwise_similarity(outs, p.eta)
 
-    def interval_dp(self, sim: np.ndarray, grid: np.ndarray, k: int) -> dict[str, Any]:
-        """The exact interval DP on the similarity matrix; cuts at midpoints between grid points."""
+    def objective(self) -> str:
         p = self.params
+        if p.objective == "threshold":
+            return f"threshold rule (Algorithm 1 lines 8-9), alpha={p.alpha}, space={p.space}, eta={p.eta:g}"
+        return f"interval DP, weighting={p.weighting}: {WEIGHTING_TEXT[p.weighting]}; space={p.space}, eta={p.eta:g}"
+
+    def interval_dp(self, sim: np.ndarray, grid: np.ndarray, k: int, weighting: str | None = None) -> dict[str, Any]:
+        """The exact interval DP on the similarity matrix (``weighting``, default the configured one); cuts at
+        midpoints between grid points."""
+        p = self.params
+        weighting = weighting or p.weighting
         try:
-            part = max_mean_similarity(sim, k, p.min_size, p.max_size, p.weighting)
+            part = max_mean_similarity(sim, k, p.min_size, p.max_size, weighting)
         except ValueError as exc:
             raise ConfigError(f"cluster.params.min_size/max_size: {exc}") from None
         cuts = [round(float(grid[s - 1] + grid[s]) / 2, 12) for s in part.starts[1:]]
         return {"cuts": cuts, "starts": list(part.starts),
-                "sizes": list(part.sizes), "objective": part.cost, "weighting": p.weighting,
+                "sizes": list(part.sizes), "objective": part.cost, "weighting": weighting,
                 "interval_means": [float(sim[s:s + n, s:s + n].mean()) for s, n in zip(part.starts, part.sizes)]}
 
     def threshold(self, sim: np.ndarray, grid: np.ndarray, schedule: NoiseSchedule) -> dict[str, Any]:
@@ -166,12 +206,11 @@ class OptimalDenoiserClusterer(Clusterer):
 
     def fit(self, schedule: NoiseSchedule, inputs: ClusterInputs, k: int) -> ClusterResult:
         p = self.params
-        if p.objective == "threshold" and k != 3:
-            raise ConfigError(f"cluster.params.objective: the threshold rule (Algorithm 1) gives exactly two cut "
-                              f"points, so k must be 3 (got k={k}); use objective=interval_dp for any k")
+        self.check_k(k)
         grid = od_grid(schedule, p.grid, p.grid_start)
         sim = self.similarity_matrix(schedule, inputs, grid)
-        diag: dict[str, Any] = {"grid": grid.tolist(), "interval_dp": self.interval_dp(sim, grid, k)}
+        diag: dict[str, Any] = {"grid": grid.tolist(), "interval_dp": self.interval_dp(sim, grid, k),
+                                "weightings": {w: self.interval_dp(sim, grid, k, w) for w in WEIGHTINGS}}
         cuts = diag["interval_dp"]["cuts"]
         if k == 3:
             diag["threshold"] = th = self.threshold(sim, grid, schedule)

@@ -4,6 +4,7 @@ JSON layout (read back by ``stages.from_result`` in :mod:`msrepro.models`)::
 
     {"clusterer": "snr", "k": 3,
      "boundaries": [t1, t2],                  # cut points in the clusterer schedule's time
+     "objective": "DP minimising ...",        # what produced them (objective, weighting, size limits)
      "log_snr": [lambda(t1), lambda(t2)],
      "schedule": {"name": "vp_linear", ...},
      "stage_boundaries": StageBoundaries.to_dict(),
@@ -43,6 +44,7 @@ class ClusterResult:
     diagnostics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    objective: str = ""  # one line: what the cut points optimise (Clusterer.objective)
 
     def __post_init__(self) -> None:
         self.boundaries = [float(c) for c in self.boundaries]
@@ -62,7 +64,7 @@ class ClusterResult:
         """The JSON record; ``full=False`` leaves out the plotted arrays (curves, matrix)."""
         diag = self.diagnostics if full else {k: v for k, v in self.diagnostics.items() if k not in PLOTTED}
         return {"clusterer": self.clusterer, "k": self.k, "boundaries": list(self.boundaries),
-                "log_snr": self.log_snr, "schedule": self.schedule.to_config(),
+                "objective": self.objective, "log_snr": self.log_snr, "schedule": self.schedule.to_config(),
                 "stage_boundaries": self.stage_boundaries.to_dict(), "params": self.params,
                 "diagnostics": diag, "provenance": self.provenance, "files": dict(self.files)}
 
@@ -83,7 +85,7 @@ class ClusterResult:
     def from_dict(cls, d: dict[str, Any]) -> "ClusterResult":
         return cls(d["clusterer"], int(d["k"]), list(d["boundaries"]), build_schedule(dict(d["schedule"])),
                    dict(d.get("params") or {}), dict(d.get("diagnostics") or {}), dict(d.get("provenance") or {}),
-                   dict(d.get("files") or {}))
+                   dict(d.get("files") or {}), str(d.get("objective") or ""))
 
     @classmethod
     def load(cls, path: str | Path) -> "ClusterResult":

@@ -18,6 +18,7 @@ import torch
 import torch_fidelity
 from omegaconf import DictConfig
 
+from msrepro.evaluation import digits_classifier  # noqa: F401  registers msrepro-digits with torch-fidelity
 from msrepro.evaluation.metrics import (LABELS, EvalParams, Extractor, Metric, build_metrics, extractor_kind,
                                         parse_params, resolve_extractor)
 from msrepro.evaluation.reference import REF, CachedReference, provenance, refstats

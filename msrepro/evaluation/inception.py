@@ -11,12 +11,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-
 from msrepro.prefetch import cache_dir, register_target
 
 EXTRACTOR_NAME = "inception-v3-compat"
-FILENAME = URL_INCEPTION_V3.rsplit("/", 1)[-1]  # weights-inception-2015-12-05-6726825d.pth
+#: the basename of torch-fidelity's URL_INCEPTION_V3 (tested); torch-fidelity is imported only when used
+FILENAME = "weights-inception-2015-12-05-6726825d.pth"
+
+
+def weights_url() -> str:
+    """torch-fidelity's download URL of the weights."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    return URL_INCEPTION_V3
 ENV = "MSREPRO_INCEPTION_WEIGHTS"
 
 
@@ -48,7 +54,7 @@ def require_weights(explicit: str | Path | None = None) -> Path:
     raise InceptionWeightsMissing(
         f"FID needs torch-fidelity's Inception weights, and {path} does not exist (nothing was sampled). "
         f"Run `msrepro prefetch inception` on a machine with internet (it writes {hub_path()}), or download "
-        f"{URL_INCEPTION_V3} and put the file at {path}; a file elsewhere can be named with ${ENV}=PATH or "
+        f"{weights_url()} and put the file at {path}; a file elsewhere can be named with ${ENV}=PATH or "
         f"eval.params.inception_weights=PATH.")
 
 
@@ -61,5 +67,5 @@ def fetch_inception(dest: Path) -> Path:
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    download_url_to_file(URL_INCEPTION_V3, str(target), progress=True)
+    download_url_to_file(weights_url(), str(target), progress=True)
     return target

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Optional
 
-import torch_fidelity
-
 from msrepro.config import ConfigError
 from msrepro.registry import METRICS
 
@@ -44,6 +42,8 @@ class FID(Metric):
     flag, extractor, keys = "fid", "inception", ("fid",)
 
     def read(self, out: Mapping[str, float]) -> dict[str, float]:
+        import torch_fidelity
+
         return {"fid": float(out[torch_fidelity.KEY_METRIC_FID])}
 
 
@@ -54,6 +54,8 @@ class FDDigits(Metric):
     flag, extractor, keys = "fid", "digits", ("fd_digits",)
 
     def read(self, out: Mapping[str, float]) -> dict[str, float]:
+        import torch_fidelity
+
         return {"fd_digits": float(out[torch_fidelity.KEY_METRIC_FID])}
 
 
@@ -64,6 +66,8 @@ class KID(Metric):
     flag, extractor, keys = "kid", "dataset", ("kid",)
 
     def read(self, out: Mapping[str, float]) -> dict[str, float]:
+        import torch_fidelity
+
         return {"kid": float(out[torch_fidelity.KEY_METRIC_KID_MEAN])}
 
 
@@ -74,6 +78,8 @@ class PrecisionRecall(Metric):
     flag, extractor, keys = "prc", "dataset", ("precision", "recall")
 
     def read(self, out: Mapping[str, float]) -> dict[str, float]:
+        import torch_fidelity
+
         return {"precision": float(out[torch_fidelity.KEY_METRIC_PRECISION]),
                 "recall": float(out[torch_fidelity.KEY_METRIC_RECALL])}
 

@@ -20,6 +20,7 @@ import torch
 import torch_fidelity
 from torch.utils.data import Dataset
 
+from msrepro.evaluation import digits_classifier  # noqa: F401  registers msrepro-digits with torch-fidelity
 from msrepro.evaluation.metrics import EvalParams, Extractor, resolve_extractor
 from msrepro.io import atomic_write_json
 from msrepro.prefetch import cache_dir

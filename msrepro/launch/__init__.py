@@ -119,11 +119,12 @@ def dry_run_text(graph: JobGraph, executor: str, profile: Profile) -> str:
              f"({', '.join(f'{k} {sum(s.kind == k for s in graph.steps.values())}' for k in ('cluster', 'train', 'evaluate'))})",
              "",
              tabulate(rows, headers=["lvl", "step", "rows", "gpus", "cpus", "time limit", "after (afterok)",
-                                     "FLOPs", "GPU-h", "wall"]), ""]
+                                     "FLOPs", "GPU-h", "wall"], disable_numparse=True), ""]
     cells = [[c.key, ", ".join(c.rows), c.config.model.backbone, c.config.model.variant,
               c.config.cluster.name if c.cluster else "-", c.config.train.steps,
               f"{c.config.sample.sampler}"] for c in graph.cells.values()]
-    lines += [tabulate(cells, headers=["cell", "rows", "backbone", "variant", "clusterer", "iterations", "sampler"]),
+    lines += [tabulate(cells, headers=["cell", "rows", "backbone", "variant", "clusterer", "iterations", "sampler"],
+                       disable_numparse=True),
               ""]
     lines += _array_plan(graph, executor, profile)
     for ref, e in graph.rows.items():

@@ -184,9 +184,22 @@ def _add_cell(graph: JobGraph, cfg: DictConfig, ref: str, vae_cfg: DictConfig | 
 
 
 def _backbone_installed(name: str) -> bool:
-    from msrepro.registry import BACKBONES
+    """Whether backbone ``name`` is registered. A backbone whose plugin failed to import, or a built-in one that is
+    missing, is a ConfigError naming the cause (its rows would otherwise vanish from the tables); an outside
+    backbone that is simply not installed is False (its rows are skipped, with the reason)."""
+    from msrepro._builtins import BUILTIN_BACKBONES
+    from msrepro.registry import BACKBONES, plugin_failures
 
-    return name in BACKBONES
+    if name in BACKBONES:
+        return True
+    for f in plugin_failures():
+        if f.group == BACKBONES.entry_point_group and f.name == name:
+            raise ConfigError(f"backbone '{name}' ({f.value}) failed to import: {f.error}; fix that installation "
+                              f"(msrepro list backbones shows it)")
+    if name in BUILTIN_BACKBONES:
+        raise ConfigError(f"built-in backbone '{name}' is not registered: msrepro's entry point "
+                          f"{name} = {BUILTIN_BACKBONES[name]} is missing; reinstall msrepro (pip install -e .)")
+    return False
 
 
 def build_graph(tables: list[Table], preset: str, *, validate: bool = True) -> JobGraph:
@@ -202,12 +215,20 @@ def build_graph(tables: list[Table], preset: str, *, validate: bool = True) -> J
 def _row_entry(graph: JobGraph, row: Row, preset: str, validate: bool) -> RowEntry:
     if row.quoted is not None:
         return RowEntry(row.ref, "quoted", reason=row.quoted)
-    if not _backbone_installed(row.backbone):
-        return RowEntry(row.ref, "skipped", reason=f"backbone {row.backbone} not installed")
     try:
-        cfg = row_config(row, preset, validate=validate)
-    except ConfigError:
-        raise
+        installed = _backbone_installed(row.backbone)
+    except ConfigError as exc:
+        raise ConfigError(f"{row.ref}: {exc}") from None
+    if not installed:
+        return RowEntry(row.ref, "skipped", reason=f"backbone {row.backbone} not installed")
+    cfg = row_config(row, preset, validate=validate)
+    if validate and needs_cluster(cfg):
+        from msrepro.clustering import check_cluster_config
+
+        try:  # the cluster step's k and options, before anything is queued
+            check_cluster_config(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"{row.ref} ({preset}): {exc}") from None
     vae_cfg = vae_config(row, preset) if needs_latents(cfg) else None
     return RowEntry(row.ref, "cell", cell=_add_cell(graph, cfg, row.ref, vae_cfg).key)
 

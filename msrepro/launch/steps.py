@@ -85,7 +85,8 @@ def run_cluster(run_dir: Path, spec: dict[str, Any], progress: bool) -> dict[str
     out = step_dir(run_dir, spec["id"]) / "cluster"
     result = fit_from_config(cfg, checkpoints=[str(c) for c in checkpoints], out_dir=out, progress=progress)
     return {"clusterer": result.clusterer, "boundaries": result.boundaries, "log_snr": result.log_snr,
-            "result": str(out / "result.json"), "files": dict(result.files), "checkpoints": [str(c) for c in checkpoints]}
+            "objective": result.objective, "result": str(out / "result.json"), "files": dict(result.files),
+            "checkpoints": [str(c) for c in checkpoints]}
 
 
 def train_config(run_dir: Path, spec: dict[str, Any]) -> DictConfig:
@@ -151,8 +152,8 @@ def run_evaluate(run_dir: Path, spec: dict[str, Any], progress: bool) -> dict[st
             "protocol": ev.get("protocol"), "checkpoint": str(checkpoint), "step": ev.get("step"),
             "train": {"steps": int(cfg.train.steps), "step": train["step"], "metrics": train["metrics"],
                       "run_dir": train["run_dir"]},
-            "cluster": None if cluster is None else {k: cluster[k] for k in ("clusterer", "boundaries", "result",
-                                                                                "files")},
+            "cluster": None if cluster is None else {k: cluster.get(k) for k in ("clusterer", "boundaries", "result",
+                                                                                    "files", "objective")},
             "flops": acc, "timings": timings, "grid": grid}
 
 

@@ -199,9 +199,24 @@ def build(table: Table, runs: list[Run]) -> tuple[list[str], list[list[str]], li
                          f", not the paper's FID; n/c = not comparable, no difference shown.")
         elif run.preset != "full":
             notes.append(f"{run.name} (preset {run.preset}): budgets are scaled down; n/c = not comparable.")
+    notes += cut_point_notes(table, runs, results)
     notes.append("GFLOPs = multiply-adds per forward pass (the paper's convention), weighted by interval length "
                  "over the stages; PFLOPs = iterations x GFLOPs x 1e-6 (paper footnote 2).")
     return headers, body, notes
+
+
+def cut_point_notes(table: Table, runs: list[Run], results: dict[tuple[str, str], Any]) -> list[str]:
+    """For tables that show cut points: which objective produced each row's cut points (the cluster step's
+    ``objective``, e.g. the optimal denoiser's weighting)."""
+    if not any(c.source in ("t1", "t2") for c in table.columns):
+        return []
+    notes = []
+    for run in runs:
+        for row in table.rows:
+            cluster = (results.get((run.name, row.id)) or {}).get("cluster") or {}
+            if cluster.get("objective"):
+                notes.append(f"{run.name}: cut points of {row.label}: {cluster['objective']}.")
+    return notes
 
 
 def render(table: Table, runs: list[Run], form: str) -> str:

@@ -320,5 +320,8 @@ def train(cfg: DictConfig, *, progress: bool = True, fresh: bool = False, resume
     S.check_training(cfg, info.world_size)
     if resume and latest_checkpoint(run_dir_of(cfg)) is None:
         raise ConfigError(f"--resume: no checkpoint in {run_dir_of(cfg) / 'checkpoints'}")
+    if not fresh:
+        check_same_run(run_dir_of(cfg), cfg)  # read-only: a different config fails before any work
+    trainer = Trainer(cfg, info)  # network, data, cut points: a missing file fails before the run dir is written
     prepare_run_dir(cfg, info, fresh)
-    return Trainer(cfg, info).run(progress)
+    return trainer.run(progress)
