@@ -155,3 +155,12 @@ def test_per_rank_fixes_the_stage_of_each_rank_slice():
     policy.world_size = 2
     with pytest.raises(ConfigError, match="multiple of 3"):
         policy.draw(12, g, g)
+
+
+def test_per_rank_hands_a_stopped_stage_ranks_to_the_active_stages():
+    policy, bounds = edm_policy("per_rank")
+    policy.world_size = 3
+    g = gen(7)
+    sb = policy.draw(6, g, g, active=[0, 2])  # stage 1 stopped early: its rank trains active[1 % 2] = stage 2
+    assert sb.stage.tolist() == [0, 0, 2, 2, 0, 0]
+    assert torch.equal(bounds.stage_of_sigma(sb.sigma), sb.stage)

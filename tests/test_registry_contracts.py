@@ -166,9 +166,7 @@ def test_policy_draws_noise_levels_inside_their_stage(name):
     assert sum(policy.masses) == pytest.approx(1.0, abs=1e-12)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    strict=True, reason="per_rank fixes each rank's stage and ignores early-stopped stages (reported)"))
-    if n == "per_rank" else n for n in STAGE_POLICIES.list()])
+@pytest.mark.parametrize("name", STAGE_POLICIES.list())
 def test_policy_trains_only_the_active_stages(name):
     policy, _, _ = make_policy(name)
     g = torch.Generator().manual_seed(1)

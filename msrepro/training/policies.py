@@ -141,7 +141,8 @@ class PerSample(StagePolicy):
 @STAGE_POLICIES.register("per_rank")
 class PerRank(StagePolicy):
     """Stage fixed per process (official LDM multistage: one GPU per stage): the slice of rank r, in a global
-    batch split over ``world_size`` ranks, trains stage ``r mod K``; needs a multiple of K processes."""
+    batch split over ``world_size`` ranks, trains stage ``r mod K``; needs a multiple of K processes. Once stages
+    have stopped early, rank r trains the ``r mod A``-th of the A stages still active."""
 
     name = "per_rank"
     world_size: int = 1  # set by the trainer
@@ -151,9 +152,10 @@ class PerRank(StagePolicy):
         if w % self.num_stages or n % w:
             raise ConfigError(f"train.stage_policy=per_rank: {w} process(es) for {self.num_stages} stages; needs a "
                               f"multiple of {self.num_stages} processes and a batch they divide")
+        stages = list(range(self.num_stages)) if active is None else list(active)
         per, parts = n // w, []
         for r in range(w):
-            parts.append(self.one_stage(r % self.num_stages, per, local))
+            parts.append(self.one_stage(stages[r % len(stages)], per, local))
         return StageBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in ("t", "sigma", "stage")))
 
 
