@@ -153,8 +153,10 @@ def test_result_json_plots_and_from_result(tmp_path):
     from msrepro.config import load_config
     from msrepro.models import resolve_boundaries
 
+    from msrepro.clustering.plots import save_result
+
     r = build_clusterer("snr").fit(VP, unreadable_inputs(), 3)
-    files = r.save(tmp_path / "snr")
+    files = save_result(r, tmp_path / "snr")
     for key in ["curves", "matrix"]:
         assert open(files[key], "rb").read(8) == PNG
     d = json.loads(open(files["json"]).read())
@@ -164,6 +166,10 @@ def test_result_json_plots_and_from_result(tmp_path):
                              "points, size_limits=official" == ClusterResult.load(tmp_path / "snr").objective
     assert {"code_version", "seed", "dataset"} <= set(d["provenance"])
     assert ClusterResult.load(tmp_path / "snr").boundaries == r.boundaries
+    assert ClusterResult.load(tmp_path / "snr").files == files
+    r.files = {}
+    r.save(tmp_path / "bare")  # the record alone: JSON, no plots
+    assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == ["result.json"]
     cfg = load_config(overrides=[f"stages.from_result={files['json']}", "schedule.name=edm"], validate=False,
                       preset=False)
     sb = resolve_boundaries(cfg, EDMSchedule())  # read by models.py and converted by matched log-SNR

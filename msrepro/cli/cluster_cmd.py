@@ -102,6 +102,7 @@ def summary(result: Any, elapsed: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from msrepro.cli import UserError
+    from msrepro.clustering.plots import save_result
     from msrepro.registry import CLUSTERERS
     from msrepro.schedules import build_schedule
 
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     result.provenance["elapsed_s"] = round(elapsed, 3)
     tag = f"-{inputs.dataset_config().name}" if inputs.used_data else ""
     out = args.out or Path("runs") / "cluster" / f"{args.name}-k{args.k}{tag}"
-    result.save(out, plots=not args.no_plots)
+    save_result(result, out, plots=not args.no_plots)
     if args.json:
         print(json.dumps(result.to_dict(full=False), indent=2, default=str))
     else:

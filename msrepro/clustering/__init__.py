@@ -7,6 +7,7 @@ interval objective). Outside packages add their own through the ``msrepro.cluste
 
 from msrepro.clustering.base import Clusterer
 from msrepro.clustering.inputs import ClusterInputs
+from msrepro.clustering.plots import save_result
 from msrepro.clustering.result import ClusterResult
 
 __all__ = ["ClusterInputs", "ClusterResult", "Clusterer", "build_clusterer", "check_cluster_config", "fit_from_config"]
@@ -46,5 +47,5 @@ def fit_from_config(cfg, checkpoints=(), out_dir=None, progress: bool = True) ->
                            run_config=cfg, device=cfg.device, seed=cfg.seed, progress=progress)
     result = clusterer.fit(schedule, inputs, int(cfg.stages.num_stages))
     if out_dir is not None:
-        result.save(out_dir)
+        save_result(result, out_dir)
     return result

@@ -4,12 +4,11 @@ similarity / affinity matrix with the cut points drawn as lines."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from msrepro.clustering.result import ClusterResult
+from msrepro.clustering.result import ClusterResult
 
 
 def _pyplot():
@@ -36,7 +35,7 @@ def _mark_cuts(ax: Any, cuts: Sequence[float], *, horizontal: bool = False) -> N
                     ha="right", fontsize=8)
 
 
-def plot_curves(result: "ClusterResult", path: Path) -> Path:
+def plot_curves(result: ClusterResult, path: Path) -> Path:
     """The clusterer's curves against schedule time, each cut point t_j marked."""
     plt = _pyplot()
     cur = result.diagnostics["curves"]
@@ -57,7 +56,7 @@ def plot_curves(result: "ClusterResult", path: Path) -> Path:
     return path
 
 
-def plot_matrix(result: "ClusterResult", path: Path) -> Path:
+def plot_matrix(result: ClusterResult, path: Path) -> Path:
     """The similarity / affinity matrix on the grid, cut points drawn on both axes."""
     plt = _pyplot()
     mat = result.diagnostics["matrix"]
@@ -79,7 +78,7 @@ def plot_matrix(result: "ClusterResult", path: Path) -> Path:
     return path
 
 
-def write_plots(result: "ClusterResult", out_dir: Path) -> dict[str, Path]:
+def write_plots(result: ClusterResult, out_dir: Path) -> dict[str, Path]:
     """``curves.png`` and ``matrix.png`` for whatever of the two the result's diagnostics hold."""
     out: dict[str, Path] = {}
     if "curves" in result.diagnostics:
@@ -87,3 +86,12 @@ def write_plots(result: "ClusterResult", out_dir: Path) -> dict[str, Path]:
     if "matrix" in result.diagnostics:
         out["matrix"] = plot_matrix(result, out_dir / "matrix.png")
     return out
+
+
+def save_result(result: ClusterResult, out_dir: str | Path, *, plots: bool = True) -> dict[str, str]:
+    """The plots (unless ``plots`` is false), then ``result.json`` naming them, into ``out_dir``; the file paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result.files = {k: str(p) for k, p in write_plots(result, out).items()} if plots else {}
+    result.save(out)
+    return result.files

@@ -1,4 +1,5 @@
-"""What every clusterer returns: :class:`ClusterResult`, saved as one JSON file plus PNG plots.
+"""What every clusterer returns: :class:`ClusterResult`, saved as one JSON file (the PNG plots of its
+diagnostics are drawn by :mod:`msrepro.clustering.plots`).
 
 JSON layout (read back by ``stages.from_result`` in :mod:`msrepro.models`)::
 
@@ -68,18 +69,13 @@ class ClusterResult:
                 "stage_boundaries": self.stage_boundaries.to_dict(), "params": self.params,
                 "diagnostics": diag, "provenance": self.provenance, "files": dict(self.files)}
 
-    def save(self, out_dir: str | Path, *, plots: bool = True) -> dict[str, str]:
-        """Write the PNG plots and then ``result.json`` (atomically) into ``out_dir``; returns the file paths."""
-        from msrepro.clustering.plots import write_plots
-
+    def save(self, out_dir: str | Path) -> Path:
+        """Write ``result.json`` (atomically) into ``out_dir``, listing itself and the files already in
+        ``self.files`` (the plots, :func:`msrepro.clustering.plots.save_result`)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        files = {"json": str(out / RESULT_FILE)}
-        if plots:
-            files.update({k: str(p) for k, p in write_plots(self, out).items()})
-        self.files = files
-        atomic_write_json(out / RESULT_FILE, self.to_dict())
-        return files
+        self.files = {**self.files, "json": str(out / RESULT_FILE)}
+        return atomic_write_json(out / RESULT_FILE, self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ClusterResult":
