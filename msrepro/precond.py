@@ -158,6 +158,6 @@ class EpsPrecond(Preconditioning):
         sigma = sigma.to(torch.float64)
         c_skip = torch.ones_like(sigma)
         c_out = -sigma
-        c_in = (1.0 + sigma**2).rsqrt()
+        c_in = self.schedule.s_of_sigma(sigma)
         c_noise = self.time_input(self.schedule.sigma_inv(sigma))
         return c_skip.float(), c_out.float(), c_in.float(), c_noise.float()

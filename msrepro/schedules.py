@@ -40,6 +40,16 @@ def _float64(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def log_snr_of_sigma(sigma: Scalar) -> Scalar:
+    """lambda = log SNR = -2 log sigma of the scaled variable x = x0 + sigma eps (the same for every schedule)."""
+    return -2.0 * (torch.log(sigma) if isinstance(sigma, torch.Tensor) else math.log(sigma))
+
+
+def s_of_sigma_vp(sigma: torch.Tensor) -> torch.Tensor:
+    """s = 1 / sqrt(1 + sigma^2): the signal scale of a variance-preserving schedule at noise level sigma."""
+    return torch.rsqrt(1.0 + sigma**2)
+
+
 class NoiseSchedule(ABC):
     """``s(t)``, ``sigma(t)``, log-SNR ``lambda(t)`` and their inverses (DPM-Solver's ``NoiseScheduleVP``)."""
 
@@ -63,9 +73,10 @@ class NoiseSchedule(ABC):
     def _from_fraction(self, f: torch.Tensor) -> torch.Tensor: ...
 
     def _s(self, t: torch.Tensor) -> torch.Tensor:
-        if self.variance_preserving:
-            return torch.rsqrt(1.0 + self._sigma(t) ** 2)
-        return torch.ones_like(t)
+        return self._s_of_sigma(self._sigma(t))
+
+    def _s_of_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        return s_of_sigma_vp(sigma) if self.variance_preserving else torch.ones_like(sigma)
 
     # -- public API ----------------------------------------------------------------------------
     @_float64
@@ -86,14 +97,12 @@ class NoiseSchedule(ABC):
     @_float64
     def s_of_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
         """s as a function of sigma (1/sqrt(1+sigma^2) for VP schedules, 1 for EDM)."""
-        if self.variance_preserving:
-            return torch.rsqrt(1.0 + sigma**2)
-        return torch.ones_like(sigma)
+        return self._s_of_sigma(sigma)
 
     @_float64
     def log_snr(self, t: torch.Tensor) -> torch.Tensor:
         """lambda(t) = log SNR = -2 log sigma(t)."""
-        return -2.0 * torch.log(self._sigma(t))
+        return log_snr_of_sigma(self._sigma(t))
 
     @_float64
     def t_from_log_snr(self, lam: torch.Tensor) -> torch.Tensor:

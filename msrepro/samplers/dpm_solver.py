@@ -1,6 +1,6 @@
 """DPM-Solver (Lu et al. 2022) and DPM-Solver++ (Lu et al. 2022b), written on the scaled variable.
 
-On x = x_t / s = x0 + sigma eps with lambda = -log sigma (half the log-SNR), the exponential-integrator updates lose
+On x = x_t / s = x0 + sigma eps with DPM-Solver's lambda = -log sigma (half the log-SNR), the exponential-integrator updates lose
 their alpha ratios: DPM-Solver-1 reads ``x_t = x_s - sigma_t expm1(h) eps_s`` (h = lambda_t - lambda_s), i.e. an
 Euler step in sigma (= DDIM). ``dpm_solver`` is the singlestep solver in **noise-prediction** form (the original
 DPM-Solver, as used by the official multistage code); ``dpm_solver_pp`` the multistep solver in
@@ -19,7 +19,7 @@ from msrepro.config import ConfigError
 from msrepro.registry import SAMPLERS
 from msrepro.samplers.base import Callback, Evaluator, NoiseSource, Sampler, positive, step_callback
 from msrepro.samplers.grids import check_spacing, time_grid, time_range
-from msrepro.schedules import NoiseSchedule
+from msrepro.schedules import NoiseSchedule, log_snr_of_sigma
 
 
 def singlestep_orders(nfe: int, order: int) -> list[int]:
@@ -52,7 +52,7 @@ def singlestep_times(schedule: NoiseSchedule, orders: list[int], spacing: str, t
 def dpm_solver_step(ev: Evaluator, x: torch.Tensor, eps_s: torch.Tensor, sigmas: list[float]) -> torch.Tensor:
     """One singlestep DPM-Solver-k update (k = len(sigmas) - 1; Lu et al. 2022, Alg. 1 (k=2) / Alg. 2 (k=3),
     ``dpmsolver`` type) from sigmas[0] to sigmas[-1], given eps at the start."""
-    lam = [-math.log(s) for s in sigmas]
+    lam = [0.5 * log_snr_of_sigma(s) for s in sigmas]  # DPM-Solver's lambda: half the log-SNR
     h = lam[-1] - lam[0]
     s_t = sigmas[-1]
     base = x - s_t * math.expm1(h) * eps_s
@@ -111,7 +111,7 @@ class DPMSolver(Sampler):
 def multistep_pp_update(x: torch.Tensor, d: list[torch.Tensor], sigmas: list[float], order: int) -> torch.Tensor:
     """DPM-Solver++ multistep update of ``order`` 1 or 2 (Lu et al. 2022b, Alg. 2) from sigmas[-2] to sigmas[-1];
     ``d`` holds the data predictions at the last ``order`` points sigmas[-order-1:-1], newest last."""
-    lam = [-math.log(s) for s in sigmas]
+    lam = [0.5 * log_snr_of_sigma(s) for s in sigmas]  # DPM-Solver's lambda: half the log-SNR
     h = lam[-1] - lam[-2]
     phi_1 = math.expm1(-h)
     out = (sigmas[-1] / sigmas[-2]) * x - phi_1 * d[-1]
