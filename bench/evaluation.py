@@ -40,7 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def random_checkpoint(preset: str, folder: Path) -> Path:
     from msrepro.checkpoint import save_checkpoint
-    from msrepro.config import load_config, to_dict
+    from msrepro.config import to_dict
+    from msrepro.runconfig import load_config
     from msrepro.models import build_denoiser
 
     cfg = load_config([], ["model.backbone=dpm_solver", f"model.preset={preset}"])

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from msrepro.config import load_config
+from msrepro.runconfig import load_config
 from msrepro.flops import accounting
 from msrepro.io import atomic_write_text
 from msrepro.losses import denoising_loss

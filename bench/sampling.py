@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build(args: argparse.Namespace, variant: str):
-    from msrepro.config import load_config
+    from msrepro.runconfig import load_config
     from msrepro.models import build_denoiser
 
     items = [f"model.backbone={args.backbone}", f"model.preset={args.preset}", f"sample.sampler={args.sampler}",

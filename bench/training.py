@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def trainer(args: argparse.Namespace, variant: str, tmp: str):
-    from msrepro.config import load_config
+    from msrepro.runconfig import load_config
     from msrepro.training.distributed import DistInfo
     from msrepro.training.loop import Trainer
 

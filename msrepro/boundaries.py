@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import torch
+from omegaconf import DictConfig
 
+from msrepro.config import ConfigError
 from msrepro.schedules import NoiseSchedule, build_schedule
 
 ConvertBy = Literal["log_snr", "time_fraction"]
@@ -93,3 +95,31 @@ class StageBoundaries:
     def from_dict(cls, d: dict) -> "StageBoundaries":
         return cls(tuple(d["cuts"]), build_schedule(dict(d["schedule"])), d.get("converted_by"),
                    dict(d.get("source") or {}))
+
+
+def validate_stages(cfg: DictConfig) -> None:
+    """Stage count, decoder count and cut points agree with each other and the schedule."""
+    k = cfg.stages.num_stages
+    if k < 1:
+        raise ConfigError(f"stages.num_stages: must be >= 1, got {k}")
+    if cfg.stages.convert not in CONVERT_METHODS:
+        raise ConfigError(f"stages.convert: '{cfg.stages.convert}' is not valid; allowed: {', '.join(CONVERT_METHODS)}")
+    if cfg.model.variant == "unified":
+        return  # one network for all noise levels: stage count, decoder widths and cut points do not apply
+    dec = cfg.model.decoder_channels
+    if dec is not None and len(dec) != k:
+        raise ConfigError(f"model.decoder_channels: {len(dec)} decoder widths {list(dec)} for {k} stages; "
+                          f"give exactly stages.num_stages={k} widths")
+    if dec is not None and any(c <= 0 for c in dec):
+        raise ConfigError(f"model.decoder_channels: widths must be positive, got {list(dec)}")
+    cuts = cfg.stages.boundaries
+    if cuts is None:
+        return
+    if len(cuts) != k - 1:
+        raise ConfigError(f"stages.boundaries: {k} stages need {k - 1} cut points, got {len(cuts)}: {list(cuts)}")
+    sched_cfg = {"name": cfg.stages.boundaries_schedule} if cfg.stages.boundaries_schedule else cfg.schedule
+    sched = build_schedule(dict(sched_cfg))
+    try:
+        check_cuts(list(cuts), sched.t_min, sched.t_max, "stages.boundaries")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

@@ -1,4 +1,7 @@
-"""Run configuration: OmegaConf structured configs, YAML files, ``key=value`` overrides, early validation.
+"""Run configuration: OmegaConf structured configs, YAML files, ``key=value`` overrides, backbone presets.
+
+The leaf of the package's layers: ``ConfigError``, the schema, ``merge`` and ``check_params``. Validation across
+components lives above everything it checks, in :mod:`msrepro.runconfig`.
 
 Precedence (later wins): schema defaults < the backbone's preset < YAML file(s) < command-line overrides.
 Component-specific options (``*.params``) are checked against the dataclass the component registered as
@@ -16,6 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from msrepro.registry import BACKBONES, RegistryError
 
 VARIANTS: tuple[str, ...] = ("unified", "separate", "separate_tp", "multistage")
 
@@ -172,26 +177,41 @@ def schema() -> DictConfig:
     return OmegaConf.structured(RunConfig)
 
 
-def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = (), *, validate: bool = True,
-                preset: bool = True) -> DictConfig:
-    """Resolve a run config: defaults < backbone preset < files < overrides; then validate."""
+def preset_names(backbone: str) -> list[str]:
+    """The presets ``backbone`` declares (``full`` = the paper, ``tiny``/``smoke`` = digits)."""
+    return sorted(getattr(BACKBONES.get(backbone), "presets", {}) or {})
+
+
+def preset_overrides(backbone: str, preset: str) -> dict[str, Any]:
+    """The config overrides of ``backbone``'s ``preset``; unknown names list the valid ones."""
+    try:
+        adapter = BACKBONES.get(backbone)
+    except RegistryError as exc:
+        raise ConfigError(f"model.backbone: {exc}") from None
+    presets = getattr(adapter, "presets", {}) or {}
+    if preset not in presets:
+        raise ConfigError(f"model.preset: backbone '{backbone}' has no preset '{preset}'. "
+                          f"Valid presets: {', '.join(sorted(presets)) or '(none)'}")
+    out = dict(presets[preset])
+    out.setdefault("model", {})
+    out["model"] = {**out["model"], "backbone": backbone, "preset": preset}
+    return out
+
+
+def resolve_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = (), *,
+                   preset: bool = True) -> DictConfig:
+    """Merge a run config, not yet validated: defaults < backbone preset < files < overrides.
+    :func:`msrepro.runconfig.load_config` resolves and validates."""
     layers = [(load_yaml(f), str(f)) for f in files] + [(parse_overrides(overrides), "overrides")]
     cfg = schema()
     for layer, where in layers:  # first pass: learn backbone and preset
         cfg = merge(cfg, layer, where=where)
     if preset:
-        from msrepro.presets import preset_overrides
-
         cfg = merge(schema(), preset_overrides(cfg.model.backbone, cfg.model.preset), where=(
             f"preset '{cfg.model.preset}' of backbone '{cfg.model.backbone}'"))
         for layer, where in layers:
             cfg = merge(cfg, layer, where=where)
-    cfg = normalize_unified(cfg)
-    if validate:
-        from msrepro.validate import validate_run_config
-
-        validate_run_config(cfg)
-    return cfg
+    return normalize_unified(cfg)
 
 
 def normalize_unified(cfg: DictConfig) -> DictConfig:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from msrepro.backbone import Backbone
+from msrepro.backbones.base import Backbone
 from msrepro.boundaries import StageBoundaries
 from msrepro.config import ConfigError, check_params
 from msrepro.multidecoder import MultiStageNet
@@ -79,16 +79,8 @@ def resolve_boundaries(cfg: DictConfig, schedule: NoiseSchedule) -> StageBoundar
 
 
 def data_shape(cfg: DictConfig) -> tuple[int, int]:
-    """(channels, resolution) the network sees; a backbone may override via ``data_shape(cfg)``."""
-    backbone = get_backbone(cfg.model.backbone)
-    hook = getattr(backbone, "data_shape", None)
-    if hook is not None:
-        return hook(cfg)
-    ds = DATASETS.get(cfg.dataset.name)
-    channels = getattr(ds, "channels", None)
-    if channels is None:
-        raise ConfigError(f"dataset '{cfg.dataset.name}' does not declare its number of channels")
-    return int(channels(cfg.dataset) if callable(channels) else channels), int(cfg.dataset.resolution)
+    """(channels, resolution) the network sees (the backbone's ``data_shape`` hook)."""
+    return get_backbone(cfg.model.backbone).data_shape(cfg)
 
 
 def build_net(cfg: DictConfig, channels: int | None = None) -> MultiStageNet:

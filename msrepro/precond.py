@@ -59,6 +59,10 @@ class Preconditioning(nn.Module):
         """(c_skip, c_out, c_in, c_noise) for each sigma (shape [B])."""
         raise NotImplementedError
 
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images from sampled network outputs: the identity in pixel space (latent models decode here)."""
+        return x
+
     # -- routing ------------------------------------------------------------------------------------
     @property
     def num_stages(self) -> int:

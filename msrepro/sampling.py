@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from msrepro.config import to_dict
 from msrepro.io import atomic_write
+from msrepro.precond import Preconditioning
 from msrepro.schedules import NoiseSchedule
 
 GRID_MAX = 64
@@ -108,13 +109,12 @@ class Generation:
                 yield batch
 
     def run_batch(self, seeds: list[int]) -> SampleBatch:
-        """Sample the images of ``seeds`` (one batch); a denoiser with ``decode(x)`` (latent models) decodes them."""
+        """Sample the images of ``seeds`` (one batch); a Preconditioning decodes them (``decode``: latent models)."""
         rng = StackedRandomGenerator(seeds)
         noise = rng.randn([len(seeds), *self.shape], device=self.device)
         with torch.no_grad():
             x, info = self.sampler(self.denoiser, noise, self.schedule, generator=rng)
-            decode = getattr(self.denoiser, "decode", None)
-            images = decode(x) if callable(decode) else x
+            images = self.denoiser.decode(x) if isinstance(self.denoiser, Preconditioning) else x
         self.nfe, self.nfe_per_stage = info["nfe"], info["nfe_per_stage"]
         return SampleBatch(list(seeds), images.float().clamp(-1, 1), info)
 

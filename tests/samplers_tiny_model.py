@@ -7,9 +7,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from msrepro.backbone import Backbone
+from msrepro.backbones.base import Backbone
 from msrepro.checkpoint import save_checkpoint
-from msrepro.config import load_config, to_dict
+from msrepro.config import to_dict
+from msrepro.runconfig import load_config
 from msrepro.models import build_denoiser
 from msrepro.multidecoder import EncoderOutput
 from msrepro.registry import BACKBONES

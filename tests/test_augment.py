@@ -34,7 +34,7 @@ def test_label_rates_follow_p():
 
 
 def test_training_feeds_the_labels_to_the_network(tmp_path):
-    from msrepro.config import load_config
+    from msrepro.runconfig import load_config
     from msrepro.training.distributed import DistInfo
     from msrepro.training.loop import Trainer
 

@@ -8,12 +8,13 @@ import math
 import pytest
 import torch
 
-from msrepro.config import VARIANTS, ConfigError, load_config
+from msrepro.config import VARIANTS, ConfigError
+from msrepro.runconfig import load_config
 from msrepro.losses import denoising_loss
 from msrepro.models import build_denoiser, data_shape, get_backbone
-from msrepro.precond import ROUTINGS
+from msrepro.precond import ROUTINGS, EDMPrecond, EpsPrecond
 from msrepro.registry import BACKBONES
-from msrepro.validate import validate_stages
+from msrepro.boundaries import validate_stages
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -163,7 +164,9 @@ def test_dpm_solver_time_input_is_score_sde_continuous_label():
     torch.testing.assert_close(c_noise.double(), 999 * t, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(c_in.double(), schedule.s(t), rtol=1e-6, atol=0)
     assert adapter.time_input(torch.tensor(0.5)) == pytest.approx(499.5)
-    assert adapter.parameterization == "eps" and get_backbone("edm").parameterization == "edm"
+    assert adapter.precond_class is EpsPrecond and get_backbone("edm").precond_class is EDMPrecond
+    assert adapter.default_density(schedule) == "vp_uniform"
+    assert get_backbone("edm").default_density(resolve_schedule(make_config("edm", "multistage"))) == "lognormal"
     assert model.stage_of(schedule.sigma(torch.tensor([0.4419, 0.4420, 0.6308, 1.0]))).tolist() == [0, 1, 2, 2]
 
 

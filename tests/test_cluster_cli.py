@@ -6,8 +6,9 @@ import pytest
 
 from msrepro.cli import main
 from msrepro.clustering import ClusterInputs
-from msrepro.config import ConfigError, load_config
-from msrepro.validate import validate_stages
+from msrepro.config import ConfigError
+from msrepro.runconfig import load_config
+from msrepro.boundaries import validate_stages
 
 
 def cluster(capsys, *args):

@@ -150,7 +150,7 @@ def test_optimal_denoiser_on_digits_both_objectives_and_k4(tmp_path):
 
 
 def test_result_json_plots_and_from_result(tmp_path):
-    from msrepro.config import load_config
+    from msrepro.runconfig import load_config
     from msrepro.models import resolve_boundaries
 
     from msrepro.clustering.plots import save_result
@@ -178,7 +178,7 @@ def test_result_json_plots_and_from_result(tmp_path):
 
 def test_fit_from_run_config(tmp_path):
     from msrepro.clustering import fit_from_config
-    from msrepro.config import load_config
+    from msrepro.runconfig import load_config
 
     cfg = load_config([], ["cluster.name=snr", "cluster.params.grid=1000", "stages.num_stages=3"], validate=False,
                       preset=False)

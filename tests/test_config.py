@@ -2,7 +2,8 @@
 
 import pytest
 
-from msrepro.config import ConfigError, load_config
+from msrepro.config import ConfigError
+from msrepro.runconfig import load_config
 from msrepro.flops import accounting
 
 

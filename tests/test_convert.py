@@ -17,7 +17,8 @@ import torch
 
 from msrepro.checkpoint import load_checkpoint, load_model
 from msrepro.cli import main
-from msrepro.config import ConfigError, load_config
+from msrepro.config import ConfigError
+from msrepro.runconfig import load_config
 from msrepro.convert import ConversionError, RefusedGlobal, get_format, import_checkpoint
 from msrepro.convert.kl_vae import vae_keymap
 from msrepro.models import build_denoiser

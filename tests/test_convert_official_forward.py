@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from msrepro.config import load_config
+from msrepro.runconfig import load_config
 from msrepro.convert import get_format
 from msrepro.models import build_denoiser
 

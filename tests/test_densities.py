@@ -7,9 +7,11 @@ import torch
 from scipy import stats
 
 from msrepro.boundaries import StageBoundaries
-from msrepro.config import ConfigError, load_config
+from msrepro.config import ConfigError
+from msrepro.runconfig import load_config
 from msrepro.registry import NOISE_DENSITIES, STAGE_POLICIES
 from msrepro.schedules import DiscreteDDPMSchedule, EDMSchedule, VPLinearSchedule
+from msrepro.models import get_backbone
 from msrepro.training.densities import build_density
 from msrepro.training.ema import EMA, edm_decay, score_sde_decay
 from msrepro.training.policies import build_policy
@@ -28,7 +30,7 @@ def test_registered_names():
 
 def test_vp_uniform_is_uniform_eps_to_one_and_sigma_from_schedule():
     sched = VPLinearSchedule(eps=1e-3)
-    d = build_density({}, sched, "eps")
+    d = build_density({}, sched, get_backbone("dpm_solver").default_density(sched))
     draw = d.sample(N, gen())
     assert stats.kstest(draw.t.numpy(), stats.uniform(loc=1e-3, scale=1 - 1e-3).cdf).pvalue > 1e-3
     assert draw.t.min() >= 1e-3 and draw.t.max() <= 1.0
@@ -36,13 +38,13 @@ def test_vp_uniform_is_uniform_eps_to_one_and_sigma_from_schedule():
 
 
 def test_lognormal_matches_edm_closed_form():
-    d = build_density({}, EDMSchedule(), "edm")
+    d = build_density({}, EDMSchedule(), get_backbone("edm").default_density(EDMSchedule()))
     sigma = d.sample(N, gen()).sigma.numpy()
     assert stats.kstest(sigma, stats.lognorm(s=1.2, scale=math.exp(-1.2)).cdf).pvalue > 1e-3
 
 
 def test_lognormal_restricted_to_a_stage_is_the_truncated_density():
-    d = build_density({"P_mean": -1.2, "P_std": 1.2}, EDMSchedule(), "edm")
+    d = build_density({"P_mean": -1.2, "P_std": 1.2}, EDMSchedule(), "lognormal")
     lo, hi = 2.5103, 7.6577
     s = d.sample(N, gen(1), lo, hi).sigma.numpy()
     assert s.min() >= lo and s.max() < hi
@@ -53,7 +55,7 @@ def test_lognormal_restricted_to_a_stage_is_the_truncated_density():
 
 def test_discrete_uniform_over_steps_and_within_a_stage():
     sched = DiscreteDDPMSchedule()
-    d = build_density({}, sched, "eps")
+    d = build_density({}, sched, get_backbone("ldm").default_density(sched))
     t = d.sample(N, gen()).t
     assert torch.equal(t, t.round()) and t.min() >= 0 and t.max() <= 999
     sub = d.sample(N, gen(2), 442.0, 631.0).t.long()
@@ -64,17 +66,17 @@ def test_discrete_uniform_over_steps_and_within_a_stage():
 
 def test_density_option_errors_are_config_errors():
     with pytest.raises(ConfigError, match="discrete_uniform"):
-        build_density({"density": "discrete_uniform"}, VPLinearSchedule(), "eps")
+        build_density({"density": "discrete_uniform"}, VPLinearSchedule())
     with pytest.raises(ConfigError, match="P_sd"):
-        build_density({"P_sd": 1.0}, EDMSchedule(), "edm")
+        build_density({"P_sd": 1.0}, EDMSchedule(), "lognormal")
     with pytest.raises(ConfigError, match="Valid names"):
-        build_density({"density": "nope"}, EDMSchedule(), "edm")
+        build_density({"density": "nope"}, EDMSchedule(), "lognormal")
 
 
 def edm_policy(name, **params):
     sched = EDMSchedule()
     bounds = StageBoundaries((2.5103, 7.6577), sched)
-    return build_policy(name, params, build_density({}, sched, "edm"), bounds), bounds
+    return build_policy(name, params, build_density({}, sched, "lognormal"), bounds), bounds
 
 
 def test_native_stage_masses_are_the_lognormal_shares_of_spec():

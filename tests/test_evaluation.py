@@ -363,7 +363,7 @@ def test_cli_evaluate_prints_fd_digits_kid_prc_and_refstats(ckpt, tmp_path, caps
 
 
 def test_run_config_validation_checks_eval_section():
-    from msrepro.config import load_config
+    from msrepro.runconfig import load_config
 
     with pytest.raises(ConfigError, match="Valid names: fd_digits, fid, kid, prc"):
         load_config([], ["eval.metrics=[fid,fdd]"])

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from msrepro.config import load_config
+from msrepro.runconfig import load_config
 from msrepro.flops import accounting, nfe_split
 from msrepro.models import resolve_boundaries, resolve_schedule
 

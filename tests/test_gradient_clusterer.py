@@ -5,12 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from msrepro.backbone import Backbone
+from msrepro.backbones.base import Backbone
 from msrepro.checkpoint import save_checkpoint
 from msrepro.clustering import ClusterInputs, build_clusterer
 from msrepro.clustering.dp import affinity_cost, grid_limits, split
 from msrepro.clustering.gradient import noise_for
-from msrepro.config import ConfigError, load_config, to_dict
+from msrepro.config import ConfigError, to_dict
+from msrepro.runconfig import load_config
 from msrepro.models import build_denoiser
 from msrepro.multidecoder import EncoderOutput
 from msrepro.registry import BACKBONES
@@ -48,7 +49,6 @@ class TinyConv(Backbone):
     """A two-level conv U-Net of a few hundred parameters (tests only)."""
 
     presets = {"tiny": {"model": {"encoder_channels": 4}, "dataset": {"resolution": 8}}}
-    parameterization = "eps"
 
     def build_encoder(self, params, channels, in_channels, resolution):
         return TinyEncoder(channels, in_channels)

@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from msrepro.config import ConfigError, load_config
+from msrepro.config import ConfigError
+from msrepro.runconfig import load_config
 from msrepro.flops import accounting, forward_cost
 from msrepro.models import build_net, get_backbone, resolve_boundaries, resolve_schedule
 from msrepro.nets.openaimodel import TAG_LDM_ATTENTION, AttentionBlock, OpenAIUNetParams, timestep_embedding

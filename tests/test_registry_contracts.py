@@ -12,7 +12,8 @@ import torch
 
 from msrepro.boundaries import StageBoundaries
 from msrepro.clustering import ClusterInputs, ClusterResult, build_clusterer
-from msrepro.config import ConfigError, load_config
+from msrepro.config import ConfigError
+from msrepro.runconfig import load_config
 from msrepro.datasets import build_dataset
 from msrepro.datasets.base import ImageDataset
 from msrepro.registry import CLUSTERERS, DATASETS, METRICS, NOISE_DENSITIES, SCHEDULES, STAGE_POLICIES
@@ -141,7 +142,7 @@ def edm_setup():
     from msrepro.training.densities import build_density
 
     sched = EDMSchedule()
-    return build_density({}, sched, "edm"), StageBoundaries((2.5103, 7.6577), sched)
+    return build_density({}, sched, "lognormal"), StageBoundaries((2.5103, 7.6577), sched)
 
 
 def make_policy(name: str):

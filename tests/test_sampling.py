@@ -122,7 +122,7 @@ def test_sample_command_bad_input_is_one_clear_line(tmp_path, capsys, argv, mess
 def test_run_config_validation_checks_sampler_values():
     """A bad sampler option value in a run config fails at validation, before training or sampling starts."""
     from msrepro.config import ConfigError
-    from msrepro.validate import validate_run_config
+    from msrepro.runconfig import validate_run_config
     from samplers_tiny_model import tiny_config
 
     validate_run_config(tiny_config())

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from msrepro.checkpoint import load_checkpoint
-from msrepro.config import ConfigError, load_config
+from msrepro.config import ConfigError
+from msrepro.runconfig import load_config
 from msrepro.training import latest_checkpoint, list_checkpoints, train
 from msrepro.training.early_stopping import EarlyStopping
 from msrepro.training.state import load_latest

@@ -142,7 +142,7 @@ def test_latent_cache_and_dataset(smoke_vae):
 
 
 def test_ldm_denoiser_decodes_through_the_vae(smoke_vae):
-    from msrepro.config import load_config
+    from msrepro.runconfig import load_config
     from msrepro.models import build_denoiser
 
     ckpt, cache = smoke_vae
@@ -164,7 +164,7 @@ def test_multistage_ldm_trains_on_the_cache_and_samples_decode_to_images(smoke_v
     """The training engine runs the smoke multistage LDM on the latent cache, and the sampling engine
     returns decoded 1 x 16 x 16 images: the VAE decoder applied to the sampled scaled latents."""
     from msrepro.checkpoint import load_model
-    from msrepro.config import load_config
+    from msrepro.runconfig import load_config
     from msrepro.sampling import generate
     from msrepro.training import train
 

@@ -25,7 +25,6 @@ class DPMSolverBackbone(DDPMppBackbone):
     """score_sde DDPM++ deep (nf 128, 1-2-2-2, 8 blocks, FIR) on VP linear; eps prediction; DPM-Solver sampler."""
 
     Config = DDPMppParams
-    parameterization = "eps"
     default_sampler = "dpm_solver"
     presets = PRESETS
     # score_sde computes attention projections with einsum (NIN) and the input-pyramid conv with F.conv2d, so the

@@ -9,14 +9,16 @@ augmentation labels, the bottleneck pair inside each decoder); c_skip/c_out/c_in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import Any, List
 
 from omegaconf import DictConfig
 
 from msrepro.backbones.edm.presets import PRESETS
 from msrepro.config import ConfigError
 from msrepro.nets.ddpmpp import DDPMppBackbone, DDPMppParams
+from msrepro.precond import EDMPrecond
 from msrepro.registry import BACKBONES
+from msrepro.schedules import NoiseSchedule
 
 
 @dataclass
@@ -37,7 +39,14 @@ class EDMBackbone(DDPMppBackbone):
     """EDM ddpmpp (ch 128, 2-2-2, 4 blocks, augment_dim 9) with EDM preconditioning; Heun sampler."""
 
     Config = EDMParams
-    parameterization = "edm"
+    precond_class = EDMPrecond
+
+    def precond_options(self, schedule: NoiseSchedule, params: DictConfig) -> dict[str, Any]:
+        return {"sigma_data": schedule.sigma_data}
+
+    def default_density(self, schedule: NoiseSchedule) -> str:
+        """EDM's lognormal density over sigma (EDM Table 1, P_mean -1.2, P_std 1.2)."""
+        return "lognormal"
     default_sampler = "heun"
     presets = PRESETS
 

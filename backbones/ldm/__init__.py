@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from msrepro.backbone import Backbone
+from msrepro.backbones.base import Backbone
 from msrepro.backbones.ldm.presets import PRESETS
 from msrepro.boundaries import StageBoundaries
 from msrepro.config import ConfigError
@@ -68,7 +68,7 @@ class LDMBackbone(Backbone):
     ddpm_discrete; DPM-Solver++ 2M sampler."""
 
     Config = OpenAIUNetParams
-    parameterization = "eps"
+    precond_class = LatentEpsPrecond
     default_sampler = "dpm_solver_pp"
     presets = PRESETS
     # SPEC 4's 96.0 / 114.8 / 76.1 / 51.3 count every conv and linear layer, the attention projections included
@@ -87,9 +87,8 @@ class LDMBackbone(Backbone):
         """LDM's network input is the DDPM step index, which is ddpm_discrete's time t itself (0 .. T-1)."""
         return t
 
-    def make_precond(self, net: nn.Module, schedule: NoiseSchedule, boundaries: StageBoundaries | None,
-                     routing: str, params: DictConfig) -> Preconditioning:
-        return LatentEpsPrecond(net, schedule, boundaries, routing, time_input=self.time_input, vae=params.vae)
+    def precond_options(self, schedule: NoiseSchedule, params: DictConfig) -> dict[str, Any]:
+        return {"time_input": self.time_input, "vae": params.vae}
 
     def data_shape(self, cfg: DictConfig) -> tuple[int, int]:
         """(latent channels, latent resolution): the network sees latents, not the VAE's images."""

@@ -22,7 +22,8 @@ def split_items(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msrepro.config import load_config, to_yaml
+    from msrepro.config import to_yaml
+    from msrepro.runconfig import load_config
 
     files, overrides = split_items(args.items)
     cfg = load_config(files, overrides, validate=not args.no_validate)

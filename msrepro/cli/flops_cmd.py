@@ -25,11 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from msrepro.cli import UserError
     from msrepro.cli.config_cmd import split_items
-    from msrepro.config import load_config
+    from msrepro.runconfig import load_config
     from msrepro.flops import accounting, format_report
     from msrepro.models import data_shape, get_backbone
     from msrepro.registry import RegistryError
-    from msrepro.validate import validate_stages
+    from msrepro.boundaries import validate_stages
 
     files, overrides = split_items(args.items)
     base = [f"model.backbone={args.backbone}", f"model.preset={args.preset}", f"model.variant={args.variant}"]

@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from msrepro.cli.config_cmd import split_items
-    from msrepro.config import load_config
+    from msrepro.runconfig import load_config
     from msrepro.training import Preempted, train
 
     files, overrides = split_items(list(args.items))

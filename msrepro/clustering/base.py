@@ -25,6 +25,7 @@ work)::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -37,6 +38,17 @@ from msrepro.config import ConfigError, check_params
 from msrepro.schedules import NoiseSchedule
 
 MATRIX_MAX_POINTS = 101  # larger grids are strided for the stored/plotted matrix
+
+
+@dataclass(frozen=True)
+class FitCost:
+    """What a dry run knows when it asks a clusterer for its cost (no data or model is loaded)."""
+
+    forward_flops: float | None   # one forward pass of the network it would read, per sample (None: not counted)
+    train_flops: float | None     # one forward + backward pass, per sample
+    item_numel: int               # values per training item (channels x resolution^2)
+    dataset_size: int             # training items
+    checkpoints: int              # checkpoints of the model it would read (0: none)
 
 
 class Clusterer:
@@ -67,6 +79,10 @@ class Clusterer:
     def objective(self) -> str:
         """One line saying what the cut points optimise with these params (result.json, the tables' notes)."""
         return f"{self.registered_name()}: {_first_line(type(self).__doc__)}"
+
+    def cost_flops(self, cost: FitCost) -> float | None:
+        """FLOPs of one fit with these params, for ``--dry-run`` estimates; default: free (reads no data or model)."""
+        return 0.0
 
     # -- which k this clusterer accepts (checked before any work) -------------------------------------
     def k_range(self) -> tuple[int, int | None]:

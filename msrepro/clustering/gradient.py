@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from msrepro.clustering.base import Clusterer, SizeLimitedGrid, fraction_grid
+from msrepro.clustering.base import Clusterer, FitCost, SizeLimitedGrid, fraction_grid
 from msrepro.clustering.dp import Partition, affinity_cost, split
 from msrepro.clustering.inputs import ClusterInputs
 from msrepro.clustering.result import ClusterResult
@@ -129,6 +129,12 @@ class GradientClusterer(SizeLimitedGrid, Clusterer):
     def split(self, affinity: np.ndarray, k: int) -> Partition:
         """The official DP: k contiguous clusters minimising -sum affinity[centre, member] under the size limits."""
         return split(affinity_cost(affinity), k, self.limits(k))
+
+    def cost_flops(self, cost: FitCost) -> float | None:
+        """One forward + backward pass of a batch at each grid point, for each checkpoint averaged over."""
+        if cost.train_flops is None:
+            return None
+        return self.params.grid * self.params.batch_size * cost.train_flops * max(1, cost.checkpoints)
 
     def fit(self, schedule: NoiseSchedule, inputs: ClusterInputs, k: int) -> ClusterResult:
         from tqdm import tqdm

@@ -17,7 +17,7 @@ class ClusterInputs:
     """Lazily loaded inputs: a dataset, a run config (network) and its checkpoints, the device and the seed.
 
     ``dataset`` is a ``dataset`` config section (dict; default: the embedded digits). The run config comes from
-    ``run_config`` if given, else from ``config_files`` + ``config_overrides`` (``load_config``), else from the first
+    ``run_config`` if given, else from ``config_files`` + ``config_overrides`` (``resolve_config``), else from the first
     checkpoint. Nothing is read until a clusterer calls :meth:`data`, :meth:`get_run_config` or :meth:`training_batch`.
     """
 
@@ -59,16 +59,16 @@ class ClusterInputs:
     def get_run_config(self) -> DictConfig:
         """The run config whose network the clusterer differentiates (validated where it matters)."""
         if self.run_config is None:
-            from msrepro.config import load_config
+            from msrepro.config import resolve_config
 
             if self.config_files or not self.checkpoints:
-                cfg = load_config(list(self.config_files), list(self.config_overrides), validate=False)
+                cfg = resolve_config(list(self.config_files), list(self.config_overrides))
             else:
                 from msrepro.checkpoint import read_config
 
                 cfg = merge(read_config(self.checkpoints[0]),
                             OmegaConf.from_dotlist(list(self.config_overrides)), where="overrides")
-            from msrepro.validate import validate_stages
+            from msrepro.boundaries import validate_stages
 
             validate_stages(cfg)
             self.run_config = cfg

@@ -37,7 +37,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from msrepro.clustering.base import Clusterer, fraction_grid
+from msrepro.clustering.base import Clusterer, FitCost, fraction_grid
 from msrepro.clustering.dp import WEIGHTINGS, SizeLimits, largest_k, max_mean_similarity
 from msrepro.clustering.inputs import ClusterInputs
 from msrepro.clustering.result import ClusterResult
@@ -203,6 +203,11 @@ class OptimalDenoiserClusterer(Clusterer):
         t1, t2 = threshold_cuts(sim, grid, self.params.alpha)
         valid = t1 is not None and t2 is not None and schedule.t_min < t1 < t2 < schedule.t_max
         return {"t1": t1, "t2": t2, "alpha": self.params.alpha, "valid": valid}
+
+    def cost_flops(self, cost: FitCost) -> float | None:
+        """The posterior-mean GEMMs: 2 x K samples x grid points x N training items x D values."""
+        p = self.params
+        return 2.0 * p.samples * p.grid * cost.dataset_size * cost.item_numel
 
     def fit(self, schedule: NoiseSchedule, inputs: ClusterInputs, k: int) -> ClusterResult:
         p = self.params

@@ -19,7 +19,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from msrepro.checkpoint import save_checkpoint
-from msrepro.config import load_config, parse_overrides, to_dict
+from msrepro.config import parse_overrides, to_dict
+from msrepro.runconfig import load_config
 from msrepro.convert.base import WEIGHTS, Inferred, OfficialCheckpoint, OfficialFormat, StateDict
 from msrepro.convert.edm import EDM, MultistageEDM
 from msrepro.convert.keymap import ConversionError

@@ -28,6 +28,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
     channels: ClassVar[int] = 3
     Config: ClassVar[type | None] = None
+    #: training items assumed by ``--dry-run`` estimates, which load no files (the paper's dataset for this loader)
+    estimate_size: ClassVar[int] = 50_000
 
     def __init__(self, cfg: DatasetConfig | DictConfig | dict[str, Any]) -> None:
         self.cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg) if not isinstance(cfg, dict) \

@@ -52,6 +52,8 @@ def _missing(path: Path) -> OfflineDataError:
 class CIFAR10(ImageDataset):
     """CIFAR-10 (50 000 train / 10 000 test, 32x32 RGB), torchvision's python batches (msrepro prefetch cifar10)."""
 
+    estimate_size = 50_000  # CIFAR-10 train split
+
     channels = 3
 
     @dataclass

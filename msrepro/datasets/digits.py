@@ -17,6 +17,8 @@ TEST_SIZE = 297  # 1797 = 1500 train + 297 held out
 class Digits(ImageDataset):
     """scikit-learn digits (1797 images, 8x8, 1 channel), resized to the configured resolution; embedded."""
 
+    estimate_size = 1_797  # sklearn digits
+
     channels = 1
 
     @dataclass

@@ -71,6 +71,8 @@ class ImageConfig:
 class _ImageFiles(ImageDataset):
     """Shared logic: list image names, pick the split, decode with a progress bar."""
 
+    estimate_size = 162_770  # CelebA train split
+
     channels = 3
     Config = ImageConfig
     default_root: str = ""

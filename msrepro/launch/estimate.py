@@ -4,8 +4,7 @@ profile's sustained throughput.
 - train: steps x batch x 3 x forward FLOPs per sample (backward ~ 2 forwards), the forward weighted by interval
   length over the stages (true FLOPs, attention included);
 - evaluate: samples x NFE-weighted forward FLOPs x NFE (the Inception/feature pass is not counted);
-- cluster: ``optimal_denoiser`` 2 x K x grid x N x D (the posterior-mean GEMMs over N training images of D values);
-  ``gradient`` grid x batch x 3 x forward FLOPs per checkpoint; ``timestep``/``snr`` are free.
+- cluster: what the clusterer states through its ``cost_flops`` hook (:class:`msrepro.clustering.base.FitCost`).
 """
 
 from __future__ import annotations
@@ -15,22 +14,23 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from msrepro.clustering import build_clusterer
+from msrepro.clustering.base import FitCost
+from msrepro.config import to_dict
+from msrepro.flops import accounting
 from msrepro.launch.graph import JobGraph, Step, config_hash
 from msrepro.launch.profiles import Profile
+from msrepro.models import data_shape
+from msrepro.registry import DATASETS
 
-#: training-set sizes used when the dataset is not at hand (dry runs do not load data)
-DATASET_SIZES = {"digits": 1797, "cifar10": 50_000, "image_folder": 162_770, "image_zip": 162_770, "latents": 30_000}
+#: FLOPs of a training pass (forward + backward) per forward pass: the backward costs about two forwards
+TRAIN_PASSES = 3
 
 _ACC: dict[str, dict[str, Any]] = {}
 
 
 def model_accounting(cfg: DictConfig) -> dict[str, Any] | None:
     """``msrepro.flops.accounting`` of the cell's model (cached per model config); None if it cannot be counted."""
-    from msrepro.config import to_dict
-    from msrepro.flops import accounting
-
-    from msrepro.models import data_shape
-
     try:
         shape = data_shape(cfg)
     except Exception:
@@ -57,22 +57,20 @@ def step_flops(step: Step) -> float | None:
         return None  # the autoencoder's cost is not counted by msrepro.flops
     acc = model_accounting(cfg)
     if step.kind == "train":
-        return None if acc is None else cfg.train.steps * cfg.train.batch_size * 3 * forward_flops(acc)
+        return None if acc is None else cfg.train.steps * cfg.train.batch_size * TRAIN_PASSES * forward_flops(acc)
     if step.kind == "evaluate":
         if acc is None:
             return None
         nfe = sum(acc["nfe_per_stage"]) if acc.get("nfe_per_stage") else 1
         return cfg.eval.num_samples * nfe * forward_flops(acc, "nfe" if acc.get("nfe_per_stage") else "length")
-    name = cfg.cluster.name
-    if name == "optimal_denoiser":
-        p = cfg.cluster.params
-        n = DATASET_SIZES.get(cfg.dataset.name, 50_000)
-        dim = (acc["input_shape"][0] if acc else 3) * cfg.dataset.resolution ** 2
-        return 2.0 * p.get("samples", 1024) * p.get("grid", 21) * n * dim
-    if name == "gradient":
-        return None if acc is None else cfg.cluster.params.get("grid", 100) * cfg.cluster.params.get(
-            "batch_size", 128) * 3 * forward_flops(acc) * 4
-    return 0.0
+    clusterer = build_clusterer(cfg.cluster.name, to_dict(cfg.cluster.params))
+    fwd = None if acc is None else forward_flops(acc)
+    channels = acc["input_shape"][0] if acc else 3
+    checkpoints = min(int(cfg.train.keep_checkpoints), int(cfg.train.steps) // int(cfg.train.checkpoint_every))
+    return clusterer.cost_flops(FitCost(
+        forward_flops=fwd, train_flops=None if fwd is None else TRAIN_PASSES * fwd,
+        item_numel=channels * int(cfg.dataset.resolution) ** 2,
+        dataset_size=int(getattr(DATASETS.get(cfg.dataset.name), "estimate_size", 50_000)), checkpoints=checkpoints))
 
 
 def gpu_hours(flops: float | None, profile: Profile) -> float | None:

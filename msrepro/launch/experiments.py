@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from msrepro.config import ConfigError
+from msrepro.config import ConfigError, merge, normalize_unified, preset_overrides, schema
+from msrepro.runconfig import validate_run_config
 
 PRESETS: tuple[str, ...] = ("full", "tiny", "smoke")
 #: what a table column can show; see msrepro.launch.tables for how each is read from a cell result
@@ -138,9 +139,6 @@ def check_preset(preset: str) -> str:
 
 def row_config(row: Row, preset: str, *, validate: bool = True) -> DictConfig:
     """The resolved run config of a run row at ``preset``: schema < backbone preset < row config < row preset."""
-    from msrepro.config import merge, normalize_unified, schema
-    from msrepro.presets import preset_overrides
-
     check_preset(preset)
     where = f"{row.ref} ({preset})"
     cfg = merge(schema(), preset_overrides(row.backbone, preset), where=f"{where}: backbone preset")
@@ -148,18 +146,8 @@ def row_config(row: Row, preset: str, *, validate: bool = True) -> DictConfig:
     cfg = merge(cfg, OmegaConf.create(row.presets.get(preset) or {}), where=f"{where}: presets.{preset}")
     cfg = normalize_unified(cfg)  # the same canonical form as load_config: equal models hash equal
     if validate:
-        from msrepro.validate import validate_run_config
-
         try:
             validate_run_config(cfg)
         except ConfigError as exc:
-            if not (str(exc).startswith("train.stage_policy") and not _training_installed()):
-                raise ConfigError(f"{where}: {exc}") from None
+            raise ConfigError(f"{where}: {exc}") from None
     return cfg
-
-
-def _training_installed() -> bool:
-    """Stage policies are registered by ``msrepro.training``; without it a grid can be planned, not trained."""
-    from msrepro.registry import STAGE_POLICIES
-
-    return bool(STAGE_POLICIES.list())

@@ -2,7 +2,6 @@
 
 :class:`StepJob` is submitit-``Checkpointable``: on a time-limit or preemption signal it is requeued and runs again;
 the train step then resumes from the run's last checkpoint (``msrepro.training``: an existing run dir resumes).
-The heavy modules (clustering, training, evaluation) are imported inside the steps, when a job runs.
 """
 
 from __future__ import annotations
@@ -15,10 +14,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 import submitit
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from msrepro.config import to_dict
-from msrepro.launch.rundir import DONE, FAILED, SPEC, cell_path, read_json, step_dir, write_json
+from msrepro import training
+from msrepro.checkpoint import load_model
+from msrepro.clustering import fit_from_config
+from msrepro.config import merge, schema, to_dict
+from msrepro.evaluation import evaluate_checkpoint
+from msrepro.flops import accounting
+from msrepro.io import code_version
+from msrepro.launch.graph import unified_reference
+from msrepro.launch.rundir import DONE, FAILED, SPEC, cell_path, read_json, record_job, step_dir, write_json
+from msrepro.models import data_shape
+from msrepro.sampling import generate, save_grid
+from msrepro.training.signals import Preempted
+from msrepro.vae.config import load_vae_config
+from msrepro.vae.latents import encode_latents
+from msrepro.vae.train import train_vae
 
 GRID_IMAGES = 16  # samples in each cell's grid (results/<run>/grids)
 
@@ -35,7 +48,6 @@ def _done(run_dir: Path, step_id: str) -> dict[str, Any]:
 
 
 def _config(spec: dict[str, Any]) -> DictConfig:
-    from msrepro.config import merge, schema
 
     return merge(schema(), OmegaConf.create(spec["config"]), where=f"step {spec['id']}")
 
@@ -48,10 +60,6 @@ def _upstream(run_dir: Path, spec: dict[str, Any], kind: str) -> dict[str, Any] 
 def run_vae(run_dir: Path, spec: dict[str, Any], progress: bool) -> dict[str, Any]:
     """VAE step (latent diffusion): train the autoencoder (``msrepro train-vae``), encode its dataset once
     (``msrepro encode-latents``); LDM cells then train on the latent cache and decode with this VAE."""
-    from msrepro.vae.config import load_vae_config
-    from msrepro.vae.latents import encode_latents
-    from msrepro.vae.train import train_vae
-
     d = step_dir(run_dir, spec["id"])
     cfg = OmegaConf.merge(load_vae_config(overrides=[f"preset={spec['config']['preset']}"]), spec["config"],
                           {"output_dir": str(d), "name": "vae"})
@@ -71,14 +79,10 @@ def _with_latents(run_dir: Path, spec: dict[str, Any], cfg: DictConfig) -> DictC
 
 def run_cluster(run_dir: Path, spec: dict[str, Any], progress: bool) -> dict[str, Any]:
     """Cluster step: the row's clusterer on its data (or the unified model's checkpoints) -> cut points."""
-    from msrepro.clustering import fit_from_config
-
     cfg = _with_latents(run_dir, spec, _config(spec))
     model = _upstream(run_dir, spec, "train")
     checkpoints = sorted(Path(model["run_dir"], "checkpoints").glob("ckpt-*.pt")) if model else []
     if model:  # the clusterer differentiates the unified model, so it builds that network (k cut points still)
-        from msrepro.launch.graph import unified_reference
-
         k = cfg.stages.num_stages
         cfg = unified_reference(cfg)
         cfg.stages.num_stages = k
@@ -101,33 +105,23 @@ def train_config(run_dir: Path, spec: dict[str, Any]) -> DictConfig:
 
 def run_train(run_dir: Path, spec: dict[str, Any], progress: bool) -> dict[str, Any]:
     """Train step: ``msrepro.training.train``; a run dir that exists resumes from its last checkpoint."""
-    from msrepro import training
-
     result = training.train(train_config(run_dir, spec), progress=progress)
     return {"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint), "step": int(result.step),
             "metrics": dict(result.metrics)}
 
 
 def _sample_grid(checkpoint: Path, sample_cfg: Any, out: Path) -> str | None:
-    from msrepro.checkpoint import load_model
-    from msrepro.models import data_shape
-    from msrepro.sampling import generate, save_grid
 
     denoiser, cfg = load_model(checkpoint)
     channels, resolution = data_shape(cfg)
     images = list(generate(denoiser, sample_cfg, (channels, resolution, resolution), list(range(GRID_IMAGES)),
                            "cpu", progress=False))
-    import torch
 
     return str(save_grid(torch.cat(images), out, nrow=4))
 
 
 def run_evaluate(run_dir: Path, spec: dict[str, Any], progress: bool) -> dict[str, Any]:
     """Evaluate step: metrics of the trained model; writes the cell's result JSON (SPEC 2)."""
-    from msrepro.evaluation import evaluate_checkpoint
-    from msrepro.flops import accounting
-    from msrepro.io import code_version
-
     cfg = _config(spec)
     train = _upstream(run_dir, spec, "train")
     train_spec = read_json(step_dir(run_dir, spec["train"]) / SPEC) or {}
@@ -162,7 +156,7 @@ STEPS: dict[str, Callable[[Path, dict[str, Any], bool], dict[str, Any]]] = {
 
 
 def _is_preempted(exc: BaseException) -> bool:
-    return type(exc).__name__ == "Preempted"
+    return isinstance(exc, Preempted)
 
 
 def _rank() -> int:
@@ -223,7 +217,6 @@ def _claim(run_dir: Path, step_id: str, executor: str) -> bool:
         return False
     with os.fdopen(fd, "w") as f:
         json.dump({"pid": os.getpid()}, f)
-    from msrepro.launch.rundir import record_job
 
     job = {"executor": executor, "job_id": str(os.getpid()), "pid": os.getpid(), "time": time.time()}
     try:
@@ -239,7 +232,6 @@ class StepWorker:
     """A local worker: takes the next step of ``step_ids`` whose dependencies are done, runs it, and repeats until
     nothing is left it could run. Several workers share a run through claim files; a step whose dependency
     failed is marked failed ("upstream failed") so that nothing waits on it."""
-
     def __init__(self, run_dir: str, step_ids: list[str], threads: int = 1, executor: str = "local",
                  on_step: Callable[[str], None] | None = None) -> None:
         self.run_dir, self.step_ids, self.threads, self.executor = str(run_dir), list(step_ids), threads, executor
@@ -286,7 +278,6 @@ class StepJob(submitit.helpers.Checkpointable):
     """The callable submitted for each step. Requeued (same arguments) on timeout or preemption: submitit calls
     :meth:`checkpoint` on its signal; when training took the signal itself (it saves a checkpoint and raises
     ``Preempted``), the job requeues itself through SLURM."""
-
     def __init__(self, run_dir: str, max_requeues: int = 20) -> None:
         self.run_dir = str(run_dir)
         self.max_requeues = max_requeues

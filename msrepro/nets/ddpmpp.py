@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from msrepro.backbone import Backbone
+from msrepro.backbones.base import Backbone
 from msrepro.config import ConfigError
 from msrepro.multidecoder import EncoderOutput
 from msrepro.nets.layers import ZERO_GAIN, ConvDown, ResBlock, conv2d, group_norm, linear, norm_groups, \
@@ -178,7 +178,7 @@ class DDPMppDecoder(nn.Module):
 
 class DDPMppBackbone(Backbone):
     """Adapter base for DDPM++ backbones: the network hooks and their checks; plugins add schedule, presets,
-    parameterization and (for VP models) the time-input convention."""
+    preconditioning and (for VP models) the time-input convention."""
 
     Config = DDPMppParams
 

@@ -1,6 +1,7 @@
 """Training: noise-level densities, stage policies and the resumable, preemptible, data-parallel engine.
 
     from msrepro.training import train
+    from msrepro.runconfig import load_config
     result = train(load_config([], ["model.preset=smoke", "name=demo"]))   # -> TrainResult
 """
 

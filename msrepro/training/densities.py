@@ -139,17 +139,11 @@ class DiscreteUniform(NoiseDensity):
         return torch.floor(u * self.num_steps).clamp(0, self.num_steps - 1)
 
 
-def default_density(parameterization: str, schedule: NoiseSchedule) -> str:
-    """The official density of a backbone's parameterization: EDM lognormal, else uniform in (VP or discrete) time."""
-    if parameterization == "edm":
-        return "lognormal"
-    return "discrete_uniform" if hasattr(schedule, "num_steps") else "vp_uniform"
-
-
-def build_density(loss_cfg: Any, schedule: NoiseSchedule, parameterization: str = "eps") -> NoiseDensity:
-    """The density named by ``train.loss.density`` (default: :func:`default_density`), options checked."""
+def build_density(loss_cfg: Any, schedule: NoiseSchedule, default: str = "vp_uniform") -> NoiseDensity:
+    """The density named by ``train.loss.density`` (else ``default``: the backbone's ``default_density``), options
+    checked."""
     opts = dict(loss_cfg or {})
-    name = opts.pop("density", None) or default_density(parameterization, schedule)
+    name = opts.pop("density", None) or default
     try:
         cls = NOISE_DENSITIES.get(name)
     except RegistryError as exc:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from msrepro.config import ConfigError, load_config, merge, schema, to_dict, to_yaml
+from msrepro.config import ConfigError, merge, resolve_config, schema, to_dict, to_yaml
 from msrepro.io import append_jsonl, atomic_write_text, code_version
 from msrepro.losses import denoising_loss
 from msrepro.training import distributed as D
@@ -63,7 +63,7 @@ def check_same_run(run_dir: Path, cfg: DictConfig) -> None:
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return
-    old = merge(schema(), load_config([saved], validate=False, preset=False), where=str(saved))
+    old = merge(schema(), resolve_config([saved], preset=False), where=str(saved))
     if _comparable(old) != _comparable(cfg):
         a, b = _comparable(old), _comparable(cfg)
         diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
@@ -309,13 +309,10 @@ def prepare_run_dir(cfg: DictConfig, info: D.DistInfo, fresh: bool = False) -> P
 
 def train(cfg: DictConfig, *, progress: bool = True, fresh: bool = False, resume: bool | None = None) -> TrainResult:
     """Train the run ``cfg`` in ``output_dir/name``; an existing run directory resumes from its newest readable
-    checkpoint. ``fresh``: start over (deletes its checkpoints and metrics); ``resume=True``: require a checkpoint.
+    checkpoint. ``cfg`` is a validated run config (:func:`msrepro.runconfig.load_config`). ``fresh``: start over (deletes its checkpoints and metrics); ``resume=True``: require a checkpoint.
 
     Raises :class:`Preempted` after saving a checkpoint on SIGTERM/SIGUSR2. Data-parallel under torchrun/submitit.
     """
-    from msrepro.validate import validate_run_config
-
-    validate_run_config(cfg)
     info = D.init_distributed(S.pick_device(cfg.device, D.DistInfo()).type)
     S.check_training(cfg, info.world_size)
     if resume and latest_checkpoint(run_dir_of(cfg)) is None:

@@ -63,8 +63,8 @@ def learning_rate(cfg: DictConfig, step: int) -> float:
 
 def noise_setup(cfg: DictConfig, model: Preconditioning) -> tuple[NoiseDensity, StagePolicy]:
     """The run's noise density (``train.loss``) and stage policy (``train.stage_policy``, ``train.params``)."""
-    param = get_backbone(cfg.model.backbone).parameterization
-    density = build_density(cfg.train.loss, model.schedule, param)
+    default = get_backbone(cfg.model.backbone).default_density(model.schedule)
+    density = build_density(cfg.train.loss, model.schedule, default)
     return density, build_policy(cfg.train.stage_policy, cfg.train.params, density, model.boundaries)
 
 
@@ -74,7 +74,7 @@ def check_train_options(cfg: DictConfig) -> None:
     from msrepro.models import resolve_schedule
 
     sched = resolve_schedule(cfg)
-    density = build_density(cfg.train.loss, sched, get_backbone(cfg.model.backbone).parameterization)
+    density = build_density(cfg.train.loss, sched, get_backbone(cfg.model.backbone).default_density(sched))
     build_policy(cfg.train.stage_policy, cfg.train.params, density, None)
     k = 1 if cfg.model.variant == "unified" else cfg.stages.num_stages
     build_early_stopping(cfg.train.early_stopping, k, cfg.model.variant)

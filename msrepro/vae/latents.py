@@ -80,6 +80,8 @@ def source_dataset_config(dataset_cfg: DictConfig) -> DictConfig:
 class Latents(ImageDataset):
     """VAE latents of an image dataset from a cache (``dataset.root``), scaled by the VAE's scale factor."""
 
+    estimate_size = 30_000  # CelebA-HQ
+
     @dataclass
     class Config:
         sample_posterior: bool = True   # a fresh z ~ q(z|x) per access (LDM); false = the posterior mean

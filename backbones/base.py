@@ -3,6 +3,7 @@
 Subclass :class:`Backbone`, implement :meth:`build_encoder` and :meth:`build_decoder` (and, if the network's
 time input is not the schedule's time, :meth:`time_input`), give it ``presets``, and register an instance::
 
+    from msrepro.backbones.base import Backbone
     from msrepro.registry import BACKBONES
 
     @BACKBONES.register("my_unet")
@@ -21,12 +22,19 @@ from omegaconf import DictConfig
 from torch import nn
 
 from msrepro.boundaries import StageBoundaries
-from msrepro.precond import EDMPrecond, EpsPrecond, Preconditioning
+from msrepro.config import ConfigError
+from msrepro.precond import EpsPrecond, Preconditioning
+from msrepro.registry import DATASETS
 from msrepro.schedules import NoiseSchedule
 
 
 class Backbone:
-    """A network family with its schedule, preconditioning and presets (one hook per concern)."""
+    """A network family with its schedule, preconditioning and presets (one hook per concern).
+
+    Every hook has a default, so a pixel-space eps-prediction family needs only the two ``build_*`` hooks. A latent
+    family overrides :meth:`data_shape` (the latent shape), ``precond_class`` (one with ``decode``, latents ->
+    images), :meth:`image_dataset` and :meth:`prerequisite` (the step that makes its latent cache).
+    """
 
     #: dataclass of ``model.params`` (backbone-specific network options), or None
     Config: ClassVar[type | None] = None
@@ -34,8 +42,8 @@ class Backbone:
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     #: registered sampler used when a preset names none
     default_sampler: ClassVar[str] = "dpm_solver"
-    #: "eps" (EpsPrecond) or "edm" (EDMPrecond)
-    parameterization: ClassVar[str] = "eps"
+    #: the preconditioning (SPEC 3): EpsPrecond (noise prediction), EDMPrecond, or a subclass (e.g. with decode)
+    precond_class: ClassVar[type[Preconditioning]] = EpsPrecond
     #: ``flops_tag`` of layers the paper's GMAC figure for this family leaves out (see :mod:`msrepro.flops`)
     gmacs_skip_tags: ClassVar[tuple[str, ...]] = ()
 
@@ -54,13 +62,25 @@ class Backbone:
         """Map the schedule's time t to the network's noise input (identity unless overridden)."""
         return t
 
+    def precond_options(self, schedule: NoiseSchedule, params: DictConfig) -> dict[str, Any]:
+        """Keyword arguments of ``precond_class`` beyond (net, schedule, boundaries, routing)."""
+        return {"time_input": self.time_input}
+
     def make_precond(self, net: nn.Module, schedule: NoiseSchedule, boundaries: StageBoundaries | None,
                      routing: str, params: DictConfig) -> Preconditioning:
-        if self.parameterization == "edm":
-            return EDMPrecond(net, schedule, boundaries, routing, sigma_data=getattr(schedule, "sigma_data", 0.5))
-        if self.parameterization == "eps":
-            return EpsPrecond(net, schedule, boundaries, routing, time_input=self.time_input)
-        raise ValueError(f"unknown parameterization '{self.parameterization}'; valid: eps, edm")
+        return self.precond_class(net, schedule, boundaries, routing, **self.precond_options(schedule, params))
+
+    def default_density(self, schedule: NoiseSchedule) -> str:
+        """The training noise density when ``train.loss.density`` names none: uniform in the schedule's time
+        (continuous VP or discrete steps), as score_sde and LDM train."""
+        return "discrete_uniform" if hasattr(schedule, "num_steps") else "vp_uniform"
+
+    def data_shape(self, cfg: DictConfig) -> tuple[int, int]:
+        """(channels, resolution) the network sees: the dataset's, unless the family works in another space."""
+        channels = getattr(DATASETS.get(cfg.dataset.name), "channels", None)
+        if channels is None:
+            raise ConfigError(f"dataset '{cfg.dataset.name}' does not declare its number of channels")
+        return int(channels(cfg.dataset) if callable(channels) else channels), int(cfg.dataset.resolution)
 
     def validate(self, cfg: DictConfig) -> None:
         """Backbone-specific consistency checks on a resolved run config (raise ConfigError)."""

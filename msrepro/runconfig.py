@@ -1,16 +1,23 @@
-"""Cross-field validation of a resolved run config, before any work is done or queued."""
+"""A run config, loaded and validated: the layer above every component it checks.
+
+:func:`load_config` resolves (:func:`msrepro.config.resolve_config`: defaults < backbone preset < files <
+overrides) and validates across fields (:func:`validate_run_config`), before any work is done or queued.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from msrepro.boundaries import CONVERT_METHODS, check_cuts
-from msrepro.config import VARIANTS, ConfigError, check_params
+from msrepro.boundaries import validate_stages
+from msrepro.config import VARIANTS, ConfigError, check_params, resolve_config
+from msrepro.evaluation.metrics import parse_params
 from msrepro.precond import ROUTINGS
 from msrepro.registry import (BACKBONES, CLUSTERERS, DATASETS, METRICS, SAMPLERS, SCHEDULES, STAGE_POLICIES, Registry,
                               RegistryError)
+from msrepro.training.setup import check_train_options
 
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("fp32", "bf16")
@@ -36,35 +43,6 @@ def _positive(cfg: DictConfig, keys: list[str]) -> None:
         leaf = key.split(".")[-1]
         if node[leaf] is not None and not node[leaf] > 0:
             raise ConfigError(f"{key}: must be > 0, got {node[leaf]}")
-
-
-def validate_stages(cfg: DictConfig) -> None:
-    """Stage count, decoder count and cut points agree with each other and the schedule."""
-    from msrepro.schedules import build_schedule
-
-    k = cfg.stages.num_stages
-    if k < 1:
-        raise ConfigError(f"stages.num_stages: must be >= 1, got {k}")
-    _one_of(cfg.stages.convert, CONVERT_METHODS, "stages.convert")
-    if cfg.model.variant == "unified":
-        return  # one network for all noise levels: stage count, decoder widths and cut points do not apply
-    dec = cfg.model.decoder_channels
-    if dec is not None and len(dec) != k:
-        raise ConfigError(f"model.decoder_channels: {len(dec)} decoder widths {list(dec)} for {k} stages; "
-                          f"give exactly stages.num_stages={k} widths")
-    if dec is not None and any(c <= 0 for c in dec):
-        raise ConfigError(f"model.decoder_channels: widths must be positive, got {list(dec)}")
-    cuts = cfg.stages.boundaries
-    if cuts is None:
-        return
-    if len(cuts) != k - 1:
-        raise ConfigError(f"stages.boundaries: {k} stages need {k - 1} cut points, got {len(cuts)}: {list(cuts)}")
-    sched_cfg = {"name": cfg.stages.boundaries_schedule} if cfg.stages.boundaries_schedule else cfg.schedule
-    sched = build_schedule(dict(sched_cfg))
-    try:
-        check_cuts(list(cuts), sched.t_min, sched.t_max, "stages.boundaries")
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 def validate_run_config(cfg: DictConfig) -> None:
@@ -100,11 +78,7 @@ def validate_run_config(cfg: DictConfig) -> None:
     _registered(STAGE_POLICIES, cfg.train.stage_policy, "train.stage_policy")
     for metric in cfg.eval.metrics:
         _registered(METRICS, metric, "eval.metrics")
-    from msrepro.evaluation.metrics import parse_params
-
     parse_params(cfg.eval.params)
-    from msrepro.training.setup import check_train_options
-
     check_train_options(cfg)  # noise density (train.loss), policy options (train.params), early stopping
 
     validate_stages(cfg)
@@ -112,3 +86,12 @@ def validate_run_config(cfg: DictConfig) -> None:
     hook: Callable[[DictConfig], None] | None = getattr(adapter, "validate", None)
     if hook is not None:
         hook(cfg)
+
+
+def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = (), *, validate: bool = True,
+                preset: bool = True) -> DictConfig:
+    """Resolve a run config (defaults < backbone preset < files < overrides), then validate it."""
+    cfg = resolve_config(files, overrides, preset=preset)
+    if validate:
+        validate_run_config(cfg)
+    return cfg
