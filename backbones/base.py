@@ -15,6 +15,7 @@ The shared-encoder/decoder routing, the preconditioning and the four variants li
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -89,6 +90,22 @@ class Backbone:
         """The image dataset that samples are compared with (reference statistics): ``cfg.dataset`` unless the
         network works in another space (latent models: the dataset the latents were encoded from)."""
         return cfg.dataset
+
+    # -- the job graph -----------------------------------------------------------------------------------
+    def prerequisite(self, cfg: DictConfig, preset: str, overrides: dict[str, Any]) -> dict[str, Any] | None:
+        """The config (JSON-able) of a step this cell needs before clustering and training, or None (default).
+        The launcher runs it once per distinct config (its hash is the step's key) through :meth:`run_prerequisite`
+        and hands its outputs to :meth:`use_prerequisite`. ``overrides``: the table row's ``prepare`` section for
+        ``preset``. A latent family trains its autoencoder and encodes the latent cache here."""
+        return None
+
+    def run_prerequisite(self, config: dict[str, Any], out_dir: Path, progress: bool) -> dict[str, Any]:
+        """Run the prerequisite step of ``config`` into ``out_dir``; returns its outputs (JSON-able)."""
+        raise NotImplementedError(f"{type(self).__name__} declares a prerequisite but does not run it")
+
+    def use_prerequisite(self, cfg: DictConfig, outputs: dict[str, Any]) -> DictConfig:
+        """``cfg`` pointed at the prerequisite step's ``outputs`` (e.g. the latent cache and the VAE)."""
+        return cfg
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -60,7 +60,7 @@ def png_path(ckpt: Path, args, sample: dict, folder: Path) -> tuple[float, dict]
     from msrepro.evaluation.metrics import build_metrics, parse_params
     from msrepro.evaluation.reference import REF, CachedReference, refstats
     from msrepro.models import data_shape
-    from msrepro.sampling import PNGWriter, generate
+    from msrepro.generation import PNGWriter, generate
 
     shutil.rmtree(folder, ignore_errors=True)
     t0 = time.perf_counter()

@@ -57,7 +57,7 @@ def timed_batches(models: dict, args: argparse.Namespace, device: str) -> tuple[
     """Per model: seconds of each timed batch and the sampler's NFE info. After one warm-up batch each, the
     models take turns batch by batch (A B A B ...), so a change in machine load hits both alike."""
     from msrepro.models import data_shape
-    from msrepro.sampling import generate
+    from msrepro.generation import generate
 
     seeds = list(range(args.batch * (args.batches + 1)))
     gens, runs = {}, {}

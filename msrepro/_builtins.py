@@ -20,5 +20,3 @@ import msrepro.clustering.gradient  # noqa: F401  clusterers: gradient
 import msrepro.evaluation  # noqa: F401  metrics: fid, fd_digits, kid, prc (+ prefetch target inception)
 import msrepro.training.densities  # noqa: F401  noise densities: vp_uniform, lognormal, discrete_uniform
 import msrepro.training.policies  # noqa: F401  stage policies: stage_uniform, native, per_sample, per_rank
-import msrepro.vae.latents  # noqa: F401  datasets: latents
-import msrepro.vae.loss  # noqa: F401  prefetch target: lpips

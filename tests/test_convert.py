@@ -22,8 +22,8 @@ from msrepro.runconfig import load_config
 from msrepro.convert import ConversionError, RefusedGlobal, get_format, import_checkpoint
 from msrepro.convert.kl_vae import vae_keymap
 from msrepro.models import build_denoiser
-from msrepro.vae.config import load_vae_config
-from msrepro.vae.train import build_vae, load_vae
+from msrepro.backbones.ldm.autoencoder_config import load_vae_config
+from msrepro.backbones.ldm.autoencoder_training import build_vae, load_vae
 from official_layouts import Persistent, module_state, write_edm_pickle, write_ldm_ckpt, write_score_sde
 
 #: format -> (backbone, variant, config items for the smoke model, items the import needs)

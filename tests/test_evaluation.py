@@ -244,7 +244,7 @@ def test_offline_fid_fails_before_sampling(ckpt, monkeypatch, tmp_path):
         raise AssertionError("sampling started")
 
     monkeypatch.setattr("msrepro.checkpoint.load_model", boom)
-    monkeypatch.setattr("msrepro.sampling.generate", boom)
+    monkeypatch.setattr("msrepro.generation.generate", boom)
     with pytest.raises(InceptionWeightsMissing) as err:
         ev.evaluate_checkpoint(ckpt, metrics="fd_digits,fid", num=10)
     msg = str(err.value)
@@ -289,7 +289,7 @@ def test_inception_v3_compat_path_from_a_weights_file(tmp_path, monkeypatch):
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     from msrepro.checkpoint import load_model
-    from msrepro.sampling import generate, quantize
+    from msrepro.generation import generate, quantize
 
     empty = tmp_path / "empty.pt"
     torch.save({}, empty)

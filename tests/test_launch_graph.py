@@ -8,9 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from msrepro.config import ConfigError
-from msrepro.launch import plan
-from msrepro.launch.experiments import PRESETS, load_table, row_config, select_tables, table_names
-from msrepro.launch.graph import cell_key, config_hash
+from msrepro.launch.plan import PRESETS, cell_key, config_hash, load_table, plan, row_config, select_tables, \
+    table_names
 from msrepro.registry import BACKBONES
 
 
@@ -87,8 +86,8 @@ def test_graph_is_topological_and_levels_respect_dependencies(smoke):
     for cell in smoke.cells.values():
         assert smoke.steps[cell.evaluate].deps == [cell.train]
         deps = smoke.steps[cell.train].deps
-        if cell.config.dataset.name == "latents":  # latent diffusion: the VAE step comes first
-            assert deps[0].startswith("vae-")
+        if cell.config.dataset.name == "latents":  # latent diffusion: the backbone's prerequisite comes first
+            assert deps[0].startswith("prepare-")
             deps = deps[1:]
         assert deps == ([cell.cluster] if cell.cluster else [])
 
@@ -109,9 +108,11 @@ def test_hash_changes_with_what_a_step_reads():
 def test_latent_rows_share_one_vae_step(smoke):
     assert "ldm" in BACKBONES, "the built-in ldm backbone must be registered"
     ldm = [smoke.cells[smoke.rows[r].cell] for r in ("table2.ldm", "table2.ldm_multistage")]
-    vae = {d for c in ldm for d in smoke.steps[c.train].deps if d.startswith("vae-")}
+    vae = {d for c in ldm for d in smoke.steps[c.train].deps if d.startswith("prepare-")}
     assert len(vae) == 1 and smoke.steps[ldm[1].cluster].deps == list(vae)
-    assert sum(s.kind == "vae" for s in smoke.steps.values()) == 1
+    assert sum(s.kind == "prepare" for s in smoke.steps.values()) == 1
+    # the step is LDM's own: its VAE run config, with the row's overrides for the preset
+    assert smoke.steps[next(iter(vae))].config.train.steps == 4 and "latents" not in str(smoke.steps[next(iter(vae))].config)
 
 
 def test_quoted_rows_are_not_run_and_every_builtin_row_is(smoke):
@@ -125,7 +126,7 @@ def test_quoted_rows_are_not_run_and_every_builtin_row_is(smoke):
 def _one_row_table(tmp_path, backbone: str) -> str:
     import yaml
 
-    from msrepro.launch.experiments import experiments_dir
+    from msrepro.launch.plan import experiments_dir
 
     table = yaml.safe_load((experiments_dir() / "table3.yaml").read_text())
     table["rows"] = [{**table["rows"][0], "id": "mine", "backbone": backbone}]
@@ -193,7 +194,7 @@ def test_a_cluster_step_that_cannot_meet_its_k_fails_the_plan(tmp_path):
     before anything is queued; the message names the row, the key and the valid range."""
     import yaml
 
-    from msrepro.launch.experiments import experiments_dir
+    from msrepro.launch.plan import experiments_dir
 
     table = yaml.safe_load((experiments_dir() / "table4.yaml").read_text())
     row = {**table["rows"][1], "id": "snr_k6"}

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from msrepro.launch import state as S
-from msrepro.launch.rundir import record_job
+from msrepro.launch import run_folder as S
+from msrepro.launch.run_folder import record_job
 
 pytestmark = pytest.mark.slurm
 
@@ -44,11 +44,11 @@ def dead_jobs(tmp_path_factory) -> dict[str, str]:
 
     failed, cancelled = sbatch("exit 3"), sbatch("sleep 120")
     t0 = time.time()
-    while (S.squeue_states() or {}).get(cancelled, ("",))[0] != "RUNNING" and time.time() - t0 < 15:
+    while (S.queue_states() or {}).get(cancelled, ("",))[0] != "RUNNING" and time.time() - t0 < 15:
         time.sleep(0.2)  # cancelled while running if the scheduler is quick; a pending job ends CANCELLED too
     subprocess.run(["scancel", cancelled], check=True)
     while time.time() - t0 < 90:
-        queue = S.squeue_states() or {}
+        queue = S.queue_states() or {}
         seen = {j: queue.get(j, ("?",))[0] for j in (failed, cancelled)}
         if set(seen.values()) <= FINAL:
             return seen
@@ -64,15 +64,15 @@ def _run_dir(tmp_path: Path, jobs: list[str]) -> Path:
 
 def _forgotten(jobs: dict[str, str]) -> dict[str, tuple[str, str]]:
     """The real squeue listing minus these jobs: what squeue shows once MinJobAge has passed."""
-    return {j: st for j, st in (S.squeue_states() or {}).items() if j not in jobs}
+    return {j: st for j, st in (S.queue_states() or {}).items() if j not in jobs}
 
 
 def test_squeue_final_state_while_listed(dead_jobs, tmp_path):
     assert dead_jobs[min(dead_jobs, key=int)] == "FAILED" and dead_jobs[max(dead_jobs, key=int)] == "CANCELLED"
     run = _run_dir(tmp_path, list(dead_jobs))
-    queue = S.squeue_states()
+    view = {j: (state, reason, "queue") for j, (state, reason) in S.queue_states().items()}
     for job, final in dead_jobs.items():
-        st = S.step_state(run, f"train-{job}", queue)
+        st = S.step_state(run, f"train-{job}", view)
         assert st.state == "failed" and f"SLURM state {final}" in st.reason and st.log == f"/logs/{job}.err"
 
 
@@ -85,13 +85,15 @@ def test_with_sacct_the_reason_is_the_accounting_final_state(dead_jobs, tmp_path
             pytest.fail(msg + " -- MSREPRO_SLURM_ACCOUNTING=1 says it should")
         pytest.skip(msg)
     t0 = time.time()  # slurmctld hands job records to slurmdbd asynchronously
-    while any(S.sacct_state(j) not in FINAL for j in dead_jobs) and time.time() - t0 < 30:
-        time.sleep(0.5)
-    assert {j: S.sacct_state(j) for j in dead_jobs} == dead_jobs  # accounting agrees with what squeue showed
+    while set(S.accounting_states(list(dead_jobs)).values()) - FINAL and time.time() - t0 < 30:
+        time.sleep(0.5)  # (submitit's watcher: one sacct for all jobs)
+    assert S.accounting_states(list(dead_jobs)) == dead_jobs  # accounting agrees with what squeue showed
     run = _run_dir(tmp_path, list(dead_jobs))
-    queue = _forgotten(dead_jobs)
+    forgotten = _forgotten(dead_jobs)
+    monkeypatch.setattr(S, "queue_states", lambda: forgotten)
+    states = S.run_states(run, [f"train-{job}" for job in dead_jobs])
     for job, final in dead_jobs.items():
-        st = S.step_state(run, f"train-{job}", queue)
+        st = states[f"train-{job}"]
         assert st.state == "failed" and f"SLURM accounting: {final}" in st.reason, st
         assert "no sacct" not in st.reason and st.log == f"/logs/{job}.err"
 
@@ -107,11 +109,13 @@ def test_without_sacct_the_dead_job_is_failed_not_waited_on(dead_jobs, tmp_path,
             (bin_dir / cmd).symlink_to(shutil.which(cmd))
         monkeypatch.setenv("PATH", str(bin_dir))
         assert shutil.which("sacct") is None
-    assert all(S.sacct_state(j) is None for j in dead_jobs)
-    queue = _forgotten(dead_jobs)
-    assert queue is not None and not set(dead_jobs) & set(queue)  # squeue itself answers (through PATH too)
+    assert S.accounting_states(list(dead_jobs)) == {}
+    forgotten = _forgotten(dead_jobs)
+    assert forgotten is not None and not set(dead_jobs) & set(forgotten)  # squeue itself answers (through PATH too)
+    monkeypatch.setattr(S, "queue_states", lambda: forgotten)
     run = _run_dir(tmp_path / "run", list(dead_jobs))
+    states = S.run_states(run, [f"train-{job}" for job in dead_jobs])
     for job in dead_jobs:
-        st = S.step_state(run, f"train-{job}", queue)
+        st = states[f"train-{job}"]
         assert st.state == "failed" and "gone from squeue (no sacct)" in st.reason and "died" in st.reason, st
         assert st.log == f"/logs/{job}.err"

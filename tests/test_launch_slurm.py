@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from msrepro.cli import main
-from msrepro.launch.rundir import read_json, step_dir
-from msrepro.launch.state import run_states
+from msrepro.launch.run_folder import read_json, run_states, step_dir
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from msrepro.cli import main
-from msrepro.launch import state as S
-from msrepro.launch.rundir import record_job, step_dir
+from msrepro.launch import run_folder as S
+from msrepro.launch.run_folder import record_job, step_dir
 
 
 @pytest.fixture
@@ -31,40 +31,52 @@ def _done(r, sid):
     (step_dir(r, sid) / "done.json").write_text("{}")
 
 
-def test_slurm_states_from_squeue(run, monkeypatch):
+def _states(run, monkeypatch, queue, accounting=None):
+    """run_states with the controller's queue listing and SLURM accounting (None: no slurmdbd) given here."""
+    monkeypatch.setattr(S, "queue_states", lambda: queue)
+    monkeypatch.setattr(S, "accounting_states", lambda ids, logs=None: {j: s for j, s in (accounting or {}).items()
+                                                                          if j in ids})
+    return S.run_states(run, ["cluster-k", "train-t", "evaluate-c"])
+
+
+def test_slurm_states_from_the_queue_and_accounting(run, monkeypatch):
     _done(run, "cluster-k")
     record_job(run, "train-t", {"executor": "slurm", "job_id": "41", "stderr": "/logs/41.err"})
     record_job(run, "evaluate-c", {"executor": "slurm", "job_id": "42", "stderr": "/logs/42.err"})
-    queue = {"41": ("RUNNING", "None"), "42": ("PENDING", "Dependency")}
-    states = {s: S.step_state(run, s, queue) for s in ("cluster-k", "train-t", "evaluate-c")}
+    states = _states(run, monkeypatch, {"41": ("RUNNING", "None"), "42": ("PENDING", "Dependency")})
     assert [states[s].state for s in ("cluster-k", "train-t", "evaluate-c")] == ["done", "running", "queued"]
     assert states["evaluate-c"].reason == "Dependency"
+    # accounting says RUNNING too: the queue's reason for the waiting job is kept
+    states = _states(run, monkeypatch, {"41": ("RUNNING", "None"), "42": ("PENDING", "Dependency")},
+                     {"41": "RUNNING", "42": "PENDING"})
+    assert (states["train-t"].state, states["evaluate-c"].reason) == ("running", "Dependency")
     # the training job dies (node failure, OOM kill, ...) and SLURM forgets it; without sacct nothing else knows
-    monkeypatch.setattr(S, "sacct_state", lambda job: None)  # no accounting storage (sacct unavailable)
-    dead = S.step_state(run, "train-t", {"42": ("PENDING", "Dependency")})
+    dead = _states(run, monkeypatch, {"42": ("PENDING", "Dependency")})["train-t"]
     assert dead.state == "failed" and "died" in dead.reason and dead.log == "/logs/41.err"
-    monkeypatch.setattr(S, "sacct_state", lambda job: {"41": "OUT_OF_MEMORY"}.get(job))  # with slurmdbd
-    dead = S.step_state(run, "train-t", {"42": ("PENDING", "Dependency")})
-    assert dead.state == "failed" and "OUT_OF_MEMORY" in dead.reason
-    ended = S.step_state(run, "train-t", {"41": ("COMPLETED", "None")})
+    dead = _states(run, monkeypatch, {"42": ("PENDING", "Dependency")}, {"41": "OUT_OF_MEMORY"})["train-t"]
+    assert dead.state == "failed" and "SLURM accounting: OUT_OF_MEMORY" in dead.reason  # with slurmdbd
+    ended = _states(run, monkeypatch, {"41": ("COMPLETED", "None")})["train-t"]
     assert ended.state == "failed" and "without writing its result" in ended.reason
-    cancelled = S.step_state(run, "evaluate-c", {"42": ("CANCELLED", "DependencyNeverSatisfied")})
+    cancelled = _states(run, monkeypatch, {"42": ("CANCELLED", "DependencyNeverSatisfied")})["evaluate-c"]
     assert cancelled.state == "failed" and "DependencyNeverSatisfied" in cancelled.reason
+    # neither the queue nor accounting answers: not known to be dead, so not failed
+    assert _states(run, monkeypatch, None)["train-t"].state == "queued"
 
 
 def test_dead_local_process(run):
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    record_job(run, "train-t", {"executor": "local", "job_id": str(proc.pid), "pid": proc.pid})
+    record_job(run, "train-t", {"executor": "local", "job_id": str(proc.pid)})  # submitit: a local job id is its pid
     assert S.step_state(run, "train-t", None).state == "failed"
-    record_job(run, "train-t", {"executor": "local", "job_id": "me", "pid": __import__("os").getpid()})
+    record_job(run, "train-t", {"executor": "local", "job_id": str(__import__("os").getpid())})
     assert S.step_state(run, "train-t", None).state == "running"
 
 
 def test_status_command_reports_the_dead_job(run, monkeypatch, capsys):
     _done(run, "cluster-k")
     record_job(run, "train-t", {"executor": "slurm", "job_id": "987654", "stderr": "/logs/987654.err"})
-    monkeypatch.setattr(S, "squeue_states", lambda: {})
+    monkeypatch.setattr(S, "queue_states", lambda: {})
+    monkeypatch.setattr(S, "accounting_states", lambda ids, logs=None: {})
     assert main(["status", str(run)]) == 0
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("c "))
@@ -74,10 +86,10 @@ def test_status_command_reports_the_dead_job(run, monkeypatch, capsys):
 
 
 def test_resubmitting_runs_only_failed_and_missing_steps(tmp_path, monkeypatch):
-    """Debug executor on a hand-made graph of fake steps: a done step is skipped, a failed one runs again."""
-    from msrepro.launch import steps as St
-    from msrepro.launch import executors as Sub
-    from msrepro.launch.graph import JobGraph, Step
+    """submitit's DebugExecutor on a hand-made graph of fake steps: a done step is skipped, a failed one runs
+    again."""
+    from msrepro.launch import execution as E
+    from msrepro.launch.plan import JobGraph, Step
     from omegaconf import OmegaConf
 
     ran = []
@@ -88,8 +100,8 @@ def test_resubmitting_runs_only_failed_and_missing_steps(tmp_path, monkeypatch):
             raise RuntimeError("first attempt dies")
         return {}
 
-    monkeypatch.setattr(St, "STEPS", {"cluster": fake, "train": fake, "evaluate": fake})
-    monkeypatch.setattr(S, "squeue_states", lambda: {})
+    monkeypatch.setattr(E, "STEPS", {"cluster": fake, "train": fake, "evaluate": fake})
+    monkeypatch.setattr("pdb.post_mortem", lambda *a, **k: None)  # the debug executor's post-mortem on a failure
     cfg = OmegaConf.create({})
     graph = JobGraph("smoke", ["t"])
     for sid, deps in (("cluster-a", []), ("train-b", ["cluster-a"]), ("train-c", [])):
@@ -97,9 +109,9 @@ def test_resubmitting_runs_only_failed_and_missing_steps(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
 
     def go():
-        states = Sub.prepare_run(run_dir, graph, "debug", None)
+        states = S.prepare_run(run_dir, graph, "debug", None)
         todo = {s for s, st in states.items() if st.state != "done"}
-        return Sub.run_driver(run_dir, graph, todo, states, "debug", progress=False)
+        return E.run_here(run_dir, graph, todo, "debug", E.default_profile(), progress=False)
 
     with pytest.raises(RuntimeError):
         go()  # debug re-raises: the failure is recorded and the run stops there

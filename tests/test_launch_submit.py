@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from msrepro.cli import main
-from msrepro.launch import plan
-from msrepro.launch.estimate import step_flops
-from msrepro.launch.profiles import load_profile, parse_time
+from msrepro.launch.execution import load_profile, parse_time, plan_groups
+from msrepro.launch.plan import plan
+from msrepro.launch.results import array_plan, step_flops
+from msrepro.launch.run_folder import StepState
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +33,8 @@ def test_dry_run_lists_every_cell_once_with_resources(dry_full):
         assert len(re.findall(rf"^{key}\s", dry_full, re.M)) == 1, key  # the cell table: one line per cell
     for sid, step in graph.steps.items():
         line = next(ln for ln in dry_full.splitlines() if f" {sid} " in ln)
-        gpus = {"train": 4, "cluster": 1, "evaluate": 1, "vae": 1}[step.kind]
-        limit = {"train": "48:00:00", "cluster": "04:00:00", "evaluate": "08:00:00", "vae": "48:00:00"}[step.kind]
+        gpus = {"train": 4, "cluster": 1, "evaluate": 1, "prepare": 1}[step.kind]
+        limit = {"train": "48:00:00", "cluster": "04:00:00", "evaluate": "08:00:00", "prepare": "48:00:00"}[step.kind]
         assert re.search(rf"\s{gpus}\s+\d+\s+{limit}\s", line), line
         for d in step.deps:
             assert d in line
@@ -99,17 +100,13 @@ def test_time_limits():
 def test_groups_larger_than_the_max_array_size_are_split():
     from dataclasses import replace
 
-    from msrepro.launch import _array_plan
-    from msrepro.launch.executors import plan_groups
-    from msrepro.launch.state import StepState
-
     graph = plan(["table4"], "smoke")
     states = {s: StepState(s, "missing") for s in graph.steps}
     groups = plan_groups(graph, set(graph.steps), states)
     assert sum(len(g.steps) for g in groups) == len(graph.steps)
     clusters = next(g for g in groups if g.kind == "cluster" and not g.deps)
     assert len(clusters.steps) == 3  # timestep, snr, optimal_denoiser: no upstream, one array
-    text = "\n".join(_array_plan(graph, "slurm", replace(load_profile("local"), max_array_size=2)))
+    text = "\n".join(array_plan(graph, "slurm", replace(load_profile("local"), max_array_size=2)))
     assert "array of 3 (split into 2)" in text
     # a step whose upstream is still queued from an earlier submission waits on that job id
     cell = graph.cells[graph.rows["table4.snr"].cell]

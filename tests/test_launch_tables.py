@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from msrepro.cli import main
-from msrepro.launch.experiments import load_table
-from msrepro.launch.tables import Run, render, write_tables
+from msrepro.launch.plan import load_table
+from msrepro.launch.results import Run, render, write_tables
 
 
 def _result(metric: str, value: float, *, steps: int, gmacs: list[float], weighted: float | None = None,

@@ -84,7 +84,7 @@ def _zip(tmp_path):
 
 
 def _latents(tmp_path):
-    from msrepro.vae.latents import FORMAT
+    from msrepro.backbones.ldm.latents import FORMAT
 
     g = torch.Generator().manual_seed(0)
     state = {"format": FORMAT, "mean": torch.randn(5, 3, 4, 4, generator=g), "std": torch.rand(5, 3, 4, 4, generator=g),

@@ -1,29 +1,35 @@
 """LDM backbone: the latent-diffusion U-Net (openaimodel) on the discrete DDPM schedule, epsilon prediction, in
-the latent space of a KL-VAE (:mod:`msrepro.vae`).
+the latent space of a KL-VAE (:mod:`msrepro.backbones.ldm.autoencoder`, trained by ``autoencoder_training``,
+encoded once into the ``latents`` dataset of :mod:`msrepro.backbones.ldm.latents`).
 
 Registers itself through the ``msrepro.backbones`` entry point (``pyproject.toml``), exactly as an outside plugin
 would. Over the shared machinery it adds only: the openaimodel encoder/decoder hooks, the time-input convention
 (the network sees the DDPM step index, which is the ddpm_discrete schedule's own time), the latent data shape, and
 a denoiser with ``decode(x)`` that maps sampled latents to images through the VAE (applied by
-:mod:`msrepro.sampling`).
+:mod:`msrepro.generation`), and its prerequisite step for the job graph: train the VAE and encode the dataset.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from msrepro.backbones.base import Backbone
+from msrepro.backbones.ldm import autoencoder_loss  # noqa: F401  registers prefetch target lpips
+from msrepro.backbones.ldm.autoencoder_config import load_vae_config
+from msrepro.backbones.ldm.autoencoder_training import load_vae, train_vae
+from msrepro.backbones.ldm.latents import encode_latents, source_dataset_config  # registers dataset latents
 from msrepro.backbones.ldm.presets import PRESETS
-from msrepro.boundaries import StageBoundaries
-from msrepro.config import ConfigError
+from msrepro.config import ConfigError, check_params, merge, to_dict
+from msrepro.models import stage_widths
 from msrepro.nets.openaimodel import DECODER_ATTENTION, TAG_LDM_ATTENTION, OpenAIDecoder, OpenAIEncoder, \
     OpenAIUNetParams, decoder_has_attention
 from msrepro.precond import EpsPrecond, Preconditioning
-from msrepro.registry import BACKBONES
+from msrepro.registry import BACKBONES, SCHEDULES
 from msrepro.schedules import NoiseSchedule
 
 
@@ -45,10 +51,6 @@ class LatentEpsPrecond(EpsPrecond):
             if not self.vae_path:
                 raise ConfigError("model.params.vae: not set; decoding LDM latents needs the VAE checkpoint written "
                                   "by `msrepro train-vae` (the one `msrepro encode-latents` used)")
-            from pathlib import Path
-
-            from msrepro.vae import load_vae
-
             if not Path(self.vae_path).is_file():
                 raise FileNotFoundError(f"model.params.vae: VAE checkpoint not found: {self.vae_path} (a relative path "
                                         f"is read from the current directory; give an absolute one)")
@@ -92,8 +94,6 @@ class LDMBackbone(Backbone):
 
     def data_shape(self, cfg: DictConfig) -> tuple[int, int]:
         """(latent channels, latent resolution): the network sees latents, not the VAE's images."""
-        from msrepro.config import check_params
-
         p = check_params(self, cfg.model.params, "model.params")
         return int(p.latent_channels), int(cfg.dataset.resolution)
 
@@ -101,16 +101,32 @@ class LDMBackbone(Backbone):
         """Decoded samples are compared with the images the latent cache was encoded from."""
         if cfg.dataset.name != "latents":
             return cfg.dataset
-        from msrepro.vae.latents import source_dataset_config
-
         return source_dataset_config(cfg.dataset)
+
+    def prerequisite(self, cfg: DictConfig, preset: str, overrides: dict[str, Any]) -> dict[str, Any] | None:
+        """A latent cell without a cache (``dataset.root``) first trains the VAE (``msrepro train-vae``, the VAE
+        preset of the same name < the row's overrides) and encodes its dataset once (``msrepro encode-latents``)."""
+        if cfg.dataset.name != "latents" or cfg.dataset.root:
+            return None
+        vae = merge(load_vae_config(overrides=[f"preset={preset}"]), OmegaConf.create(overrides or {}),
+                    where=f"prepare.{preset} (VAE run)")
+        return to_dict(vae)
+
+    def run_prerequisite(self, config: dict[str, Any], out_dir: Path, progress: bool) -> dict[str, Any]:
+        cfg = OmegaConf.merge(load_vae_config(overrides=[f"preset={config['preset']}"]), config,
+                              {"output_dir": str(out_dir), "name": "vae"})
+        result = train_vae(cfg, progress=progress)
+        latents = encode_latents(result.checkpoint, cfg.dataset, Path(out_dir) / "latents.pt", progress=progress)
+        return {"checkpoint": str(result.checkpoint), "latents": str(latents), "metrics": dict(result.metrics)}
+
+    def use_prerequisite(self, cfg: DictConfig, outputs: dict[str, Any]) -> DictConfig:
+        """Train on the step's latent cache; decode with its VAE."""
+        cfg.dataset.root = outputs["latents"]
+        cfg.model.params.vae = outputs["checkpoint"]
+        return cfg
 
     def validate(self, cfg: DictConfig) -> None:
         """Schedule, options, resolution and widths (GroupNorm groups, attention heads) agree; errors name the key."""
-        from msrepro.config import check_params
-        from msrepro.models import stage_widths
-        from msrepro.registry import SCHEDULES
-
         name = cfg.schedule.get("name")
         if name not in SCHEDULES or not SCHEDULES.get(name).variance_preserving:
             raise ConfigError(f"schedule.name: backbone 'ldm' predicts epsilon on a variance-preserving schedule "

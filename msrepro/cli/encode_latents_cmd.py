@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from msrepro.cli import UserError
     from msrepro.config import merge, parse_overrides
     from msrepro.registry import DATASETS, RegistryError
-    from msrepro.vae.latents import encode_latents, read_cache
-    from msrepro.vae.train import resolve_device, vae_config_of
+    from msrepro.backbones.ldm.latents import encode_latents, read_cache
+    from msrepro.backbones.ldm.autoencoder_training import resolve_device, vae_config_of
 
     bad = [i for i in args.items if not i.startswith("dataset.")]
     if bad:

@@ -28,11 +28,11 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from msrepro.launch import submit
-    from msrepro.launch.experiments import select_tables
-    from msrepro.launch.report import collect, quality_vs_iterations, write_readme
-    from msrepro.launch.rundir import read_json
-    from msrepro.launch.tables import Run, render, write_tables
+    from msrepro.launch.execution import submit
+    from msrepro.launch.plan import select_tables
+    from msrepro.launch.results import Run, copy_run_results, quality_vs_iterations, render, write_readme, \
+        write_tables
+    from msrepro.launch.run_folder import read_json
 
     t0 = time.time()
     parallel = args.parallel or max(1, len(os.sched_getaffinity(0)))
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
                     parallel=parallel, progress=not args.no_progress, on_finish=on_finish)
     run_dir = report.run_dir
     out = Path(args.results) / run_dir.name
-    made = collect(run_dir, out)
+    made = copy_run_results(run_dir, out)
     problems = [f"{s}: {v}" for s, v in report.final.items() if v != "done"]
     try:
         png = quality_vs_iterations(run_dir, out / "plots" / "quality-vs-iterations.png")

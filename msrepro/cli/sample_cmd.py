@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def resolve_seeds(num: int | None, spec: str | None, default_num: int = 64) -> list[int]:
     """The seeds: ``spec`` (its count must equal ``num`` if both are given), else 0..num-1."""
     from msrepro.cli import UserError
-    from msrepro.sampling import parse_seeds
+    from msrepro.generation import parse_seeds
 
     if num is not None and num < 1:
         raise UserError(f"--num must be >= 1, got {num}")
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     from msrepro.config import to_dict
     from msrepro.io import atomic_write_json, code_version
     from msrepro.models import data_shape
-    from msrepro.sampling import NPZWriter, PNGWriter, generate, save_grid
+    from msrepro.generation import NPZWriter, PNGWriter, generate, save_grid
 
     cfg = checkpoint_config(read_checkpoint(args.checkpoint))
     seeds_spec = args.seeds if args.seeds is not None or args.num is not None else cfg.sample.seeds

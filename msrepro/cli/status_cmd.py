@@ -14,19 +14,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def status_rows(run_dir) -> tuple[list[list[str]], dict[str, int], dict]:
-    from msrepro.launch.rundir import read_json
-    from msrepro.launch.state import run_states
-
-    from msrepro.launch.state import StepState
+    from msrepro.launch.run_folder import read_json, saved_states
 
     graph = read_json(run_dir / "graph.json") or {}
-    steps = list(graph.get("steps", {}))
-    saved = read_json(run_dir / "states.json")
-    if saved is not None and not (run_dir / "steps").is_dir():  # a results/<run> copy keeps its final states
-        states = {s: StepState(s, saved.get(s, {}).get("state", "missing"), reason=saved.get(s, {}).get("reason", ""))
-                  for s in steps}
-    else:
-        states = run_states(run_dir, steps)
+    states = saved_states(run_dir, list(graph.get("steps", {})))  # a results/<run> copy keeps its final states
     rows, counts = [], {}
     for key, cell in graph.get("cells", {}).items():
         ids = [cell.get("cluster"), cell["train"], cell["evaluate"]]
@@ -51,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tabulate import tabulate
 
-    from msrepro.launch.rundir import read_json, resolve_run
+    from msrepro.launch.run_folder import read_json, resolve_run
 
     run_dir = resolve_run(args.run)
     rows, counts, states = status_rows(run_dir)

@@ -24,9 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msrepro.launch import dry_run_text, plan, submit
-    from msrepro.launch import resolve_profile
-    from msrepro.launch.executors import check_executor, default_executor
+    from msrepro.launch.execution import check_executor, default_executor, resolve_profile, submit
+    from msrepro.launch.plan import plan
+    from msrepro.launch.results import dry_run_text
 
     executor = check_executor(args.executor, available=not args.dry_run) if args.executor else None
     if args.dry_run:

@@ -23,8 +23,8 @@ def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from msrepro.cli.config_cmd import split_items
-    from msrepro.vae.config import load_vae_config
-    from msrepro.vae.train import train_vae
+    from msrepro.backbones.ldm.autoencoder_config import load_vae_config
+    from msrepro.backbones.ldm.autoencoder_training import train_vae
 
     files, overrides = split_items(args.items)
     cfg = load_vae_config(files, overrides)

@@ -20,8 +20,8 @@ from msrepro.config import ConfigError, merge, to_dict
 from msrepro.convert.base import StateDict, indices, multiple, shape
 from msrepro.convert.keymap import ConversionError, KeyMap, Rule, block_rules
 from msrepro.io import code_version
-from msrepro.vae.config import VAERunConfig, validate_vae_config
-from msrepro.vae.train import build_vae
+from msrepro.backbones.ldm.autoencoder_config import VAERunConfig, validate_vae_config
+from msrepro.backbones.ldm.autoencoder_training import build_vae
 
 RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "nin_shortcut": "shortcut"}
 ATTN = {n: n for n in ("norm", "q", "k", "v", "proj_out")}

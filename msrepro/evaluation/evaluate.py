@@ -97,7 +97,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, metrics: Sequence[str] | str 
     from msrepro.checkpoint import checkpoint_config, load_checkpoint, load_model
     from msrepro.config import ConfigError, to_dict
     from msrepro.models import data_shape
-    from msrepro.sampling import generate, parse_seeds
+    from msrepro.generation import generate, parse_seeds
 
     t0 = time.time()
     state = load_checkpoint(checkpoint)

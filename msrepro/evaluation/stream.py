@@ -1,7 +1,7 @@
 """Streaming evaluation: a torch-fidelity generative model that draws exact, seeded samples from a checkpoint.
 
 torch-fidelity asks a :class:`GenerativeModelBase` for batches (it passes noise of the batch's size); we ignore its
-noise and take the next seeds of our list instead, generating through :mod:`msrepro.sampling` (per-seed noise, so
+noise and take the next seeds of our list instead, generating through :mod:`msrepro.generation` (per-seed noise, so
 an image depends on its seed only). Images go to the feature extractor as uint8, quantised exactly as PNG files
 would hold them; no file is written unless asked (``png_dir``).
 """
@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from torch_fidelity import GenerativeModelBase
 from tqdm.auto import tqdm
 
-from msrepro.sampling import Generation, PNGWriter, quantize
+from msrepro.generation import Generation, PNGWriter, quantize
 
 
 class SampleStream(GenerativeModelBase):

@@ -34,7 +34,7 @@ def encode_latents(vae_checkpoint: str | Path, dataset_cfg: Any, out: str | Path
                    device: str | torch.device = "cpu", progress: bool = True) -> Path:
     """Encode every image of ``dataset_cfg`` (no flips) with the VAE and write the cache atomically."""
     from msrepro.datasets import build_dataset
-    from msrepro.vae.train import load_vae
+    from msrepro.backbones.ldm.autoencoder_training import load_vae
 
     vae = load_vae(vae_checkpoint, device)
     ds = build_dataset(OmegaConf.merge(OmegaConf.structured(DatasetConfig), dataset_cfg, {"hflip": False,

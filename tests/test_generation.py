@@ -9,7 +9,7 @@ from PIL import Image
 
 from msrepro.cli import main
 from msrepro.samplers import build_sampler, count_nfe
-from msrepro.sampling import NPZWriter, PNGWriter, generate, parse_seeds, save_grid, to_uint8
+from msrepro.generation import NPZWriter, PNGWriter, generate, parse_seeds, save_grid, to_uint8
 from samplers_tiny_model import tiny_checkpoint, tiny_model
 
 SHAPE = (1, 8, 8)
@@ -150,7 +150,7 @@ def test_sample_command_checks_device_and_output_before_sampling(tmp_path, capsy
         raise AssertionError("work started before the bad option was rejected")
 
     monkeypatch.setattr("msrepro.checkpoint.load_model", no_work)
-    monkeypatch.setattr("msrepro.sampling.generate", no_work)
+    monkeypatch.setattr("msrepro.generation.generate", no_work)
     argv = [str(tmp_path / a) if a.startswith("FILE") else a for a in argv]
     assert main(["sample", str(ckpt), "--no-progress", "--num", "2", *argv]) == 2
     err = capsys.readouterr().err

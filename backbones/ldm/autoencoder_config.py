@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from msrepro.config import ConfigError, DatasetConfig, load_yaml, merge, parse_overrides
-from msrepro.vae.model import VAEParams
+from msrepro.backbones.ldm.autoencoder import VAEParams
 
 
 @dataclass
