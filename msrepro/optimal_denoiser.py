@@ -6,7 +6,7 @@ For training points {y_i} and x_t ~ N(s y, s^2 sigma^2 I), in the scaled variabl
              = (x . y_i - ||y_i||^2 / 2) / sigma^2 + const(x),
 
 and eps*(x) = (x - E[y | x]) / sigma. The constant ||x||^2 term is dropped (it cancels in the normalisation),
-which also removes the worst float32 cancellation. Computed with two GEMMs per dataset chunk and a streaming
+which also removes the worst float32 cancellation. Computed with two GEMMs per dataset chunk (into preallocated buffers) and a streaming
 (online) log-sum-exp, so memory is O(B chunk + B n) whatever N is.
 """
 
@@ -20,32 +20,38 @@ def squared_norms(data: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(data, dim=1).square()
 
 
-def posterior_mean(x: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor | float, *, chunk_size: int = 16384,
-                   data_sq_norms: torch.Tensor | None = None) -> torch.Tensor:
+def posterior_mean(x: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor | float, *, chunk_size: int = 8192,
+                   data_sq_norms: torch.Tensor | None = None, neg_half_sq: torch.Tensor | None = None) -> torch.Tensor:
     """E[y | x] for queries x [B, n] against data [N, n] at noise levels sigma ([B] or scalar) — Eq. 4.
 
-    Per dataset chunk: one GEMM for the logits (x . y_i - ||y_i||^2 / 2) / sigma^2, an in-place exp against the
-    running per-query maximum, one GEMM accumulating w @ y (4 B N n flops in all). Temporaries are [B, chunk].
+    Per dataset chunk: one GEMM for the logits x . y_i - ||y_i||^2 / 2 written into one preallocated [B, chunk]
+    buffer (no allocation, so no page faults, per chunk), an in-place scale, shift and exp against the running
+    per-query maximum (online log-sum-exp across chunks), one GEMM accumulating w @ y: 4 B N n flops in all.
+    ``neg_half_sq`` (-||y_i||^2 / 2, [N]) or ``data_sq_norms`` may be passed precomputed (OptimalDenoiser caches it).
     """
-    b = x.shape[0]
+    b, n_data = x.shape[0], data.shape[0]
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(b)
     inv_var = (1.0 / sigma**2).unsqueeze(1)  # [B, 1]
-    if data_sq_norms is None:
-        data_sq_norms = squared_norms(data)
-    neg_half_sq = (-0.5 * data_sq_norms).unsqueeze(0)  # [1, N]
+    if neg_half_sq is None:
+        neg_half_sq = -0.5 * (squared_norms(data) if data_sq_norms is None else data_sq_norms)
+    neg_half_sq = neg_half_sq.reshape(1, -1)
+    chunk = max(1, min(chunk_size, n_data))
+    buf = torch.empty(b * chunk, dtype=x.dtype, device=x.device)
     run_max = torch.full((b, 1), -torch.inf, dtype=x.dtype, device=x.device)
     run_sum = torch.zeros((b, 1), dtype=x.dtype, device=x.device)
     acc = torch.zeros_like(x)
-    for start in range(0, data.shape[0], chunk_size):
-        y = data[start:start + chunk_size]
-        logits = torch.addmm(neg_half_sq[:, start:start + chunk_size], x, y.T).mul_(inv_var)  # [B, chunk]
-        new_max = torch.maximum(run_max, logits.amax(1, keepdim=True))
-        rescale = torch.exp(run_max - new_max)  # 0 on the first chunk (exp(-inf))
+    new_max = torch.empty_like(run_max)
+    for start in range(0, n_data, chunk):
+        y = data[start:start + chunk]
+        logits = buf[:b * y.shape[0]].view(b, y.shape[0])
+        torch.addmm(neg_half_sq[:, start:start + chunk], x, y.T, out=logits).mul_(inv_var)  # [B, chunk]
+        torch.maximum(run_max, logits.amax(1, keepdim=True), out=new_max)
+        rescale = run_max.sub_(new_max).exp_()  # 0 on the first chunk (exp(-inf)); run_max is reset below
         w = logits.sub_(new_max).exp_()
         run_sum.mul_(rescale).add_(w.sum(1, keepdim=True))
         acc.mul_(rescale).addmm_(w, y)
-        run_max = new_max
-    return acc / run_sum
+        run_max.copy_(new_max)
+    return acc.div_(run_sum)
 
 
 class OptimalDenoiser:
@@ -55,11 +61,12 @@ class OptimalDenoiser:
     float64 available; computation happens on ``data``'s device.
     """
 
-    def __init__(self, data: torch.Tensor, *, dtype: torch.dtype = torch.float32, chunk_size: int = 16384,
+    def __init__(self, data: torch.Tensor, *, dtype: torch.dtype = torch.float32, chunk_size: int = 8192,
                  device: torch.device | str | None = None) -> None:
         self.sample_shape = tuple(data.shape[1:])
         self.data = data.reshape(data.shape[0], -1).to(device=device or data.device, dtype=dtype).contiguous()
         self.sq_norms = squared_norms(self.data)
+        self.neg_half_sq = -0.5 * self.sq_norms  # cached: -||y_i||^2 / 2 is the same for every call
         self.dtype, self.chunk_size = dtype, chunk_size
 
     @property
@@ -70,7 +77,7 @@ class OptimalDenoiser:
         """The posterior mean E[y | x] (an x_0 estimate), same shape and dtype as x."""
         flat = x.reshape(x.shape[0], -1).to(self.data.device, self.dtype)
         sig = torch.as_tensor(sigma, device=self.data.device, dtype=self.dtype)
-        out = posterior_mean(flat, self.data, sig, chunk_size=self.chunk_size, data_sq_norms=self.sq_norms)
+        out = posterior_mean(flat, self.data, sig, chunk_size=self.chunk_size, neg_half_sq=self.neg_half_sq)
         return out.reshape(x.shape).to(x.device, x.dtype)
 
     def eps(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:

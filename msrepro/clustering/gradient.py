@@ -7,8 +7,10 @@ gradients is averaged over several checkpoints; the size-limited DP then minimis
 
 Any registered denoiser network works: the run config builds it (:func:`msrepro.models.build_denoiser`) and each
 checkpoint (:func:`msrepro.checkpoint.load_checkpoint`) fills it; with no checkpoints the network is randomly
-initialised from the seed. Memory: the n gradients are held at once (n x parameters x 4 bytes; 43 GB for the
-107 M-parameter DDPM++ at n = 100, so use ``storage_dtype=bfloat16`` or a smaller grid there).
+initialised from the seed. Memory: the n gradients (43 GB for the 107.5 M-parameter DDPM++ at n = 100) are never
+held at once: their Gram matrix is streamed (:mod:`msrepro.clustering.gram`), holding as many gradients as fit in
+``max_gradient_gb`` and recomputing the others per block (exact: each gradient is reseeded per grid point), and
+``micro_batch`` splits the batch's forward/backward (the same mean-loss gradient, accumulated) to bound activations.
 
 The network is the run config's *unified* model (K = 1), as in the paper; a multistage checkpoint or
 ``model.variant`` override is refused unless ``allow_multistage=true``. DP size limits: ``size_limits=official``
@@ -26,6 +28,8 @@ import torch
 
 from msrepro.clustering.base import Clusterer, FitCost, SizeLimitedGrid, fraction_grid
 from msrepro.clustering.dp import Partition, affinity_cost, split
+from msrepro.clustering.gram import (VectorFn, block_for_budget, cosine_from_gram, evaluations,
+                                     streamed_gram)
 from msrepro.clustering.inputs import ClusterInputs
 from msrepro.clustering.result import ClusterResult
 from msrepro.config import ConfigError
@@ -44,6 +48,8 @@ class GradientConfig:
     storage_dtype: str = "float32"    # how the grid's gradients are held: float32, bfloat16, float16
     size_limits: str = "official"     # official (first cluster > floor(n/2k), no upper limit), symmetric, none
     allow_multistage: bool = False    # differentiate a non-unified network (default: refused; the paper's is unified)
+    max_gradient_gb: float = 4.0      # gradients held at once (streamed Gram; fewer held = more recomputed)
+    micro_batch: int = 0              # samples per forward/backward, gradients accumulated (0: the whole batch)
 
 
 def noise_for(i: int, shape: torch.Size, seed: int) -> torch.Tensor:
@@ -80,6 +86,9 @@ class GradientClusterer(SizeLimitedGrid, Clusterer):
                               f"allowed: {', '.join(STORAGE)}")
         if p.grid < 2 or p.batch_size < 1:
             raise ConfigError(f"cluster.params: need grid >= 2 and batch_size >= 1, got {p.grid}, {p.batch_size}")
+        if p.max_gradient_gb <= 0 or p.micro_batch < 0:
+            raise ConfigError(f"cluster.params: need max_gradient_gb > 0 and micro_batch >= 0, got "
+                              f"{p.max_gradient_gb}, {p.micro_batch}")
         self.check_size_limits()
 
     def models(self, inputs: ClusterInputs):
@@ -101,26 +110,56 @@ class GradientClusterer(SizeLimitedGrid, Clusterer):
             model.load_state_dict(weights)
             yield str(path), model.to(dev)
 
-    def gradients(self, model: torch.nn.Module, x0: torch.Tensor, sigmas: torch.Tensor, seed: int,
-                  bar: Any = None) -> torch.Tensor:
-        """[T, P] loss gradients of ``model`` at each noise level, on the batch ``x0``."""
+    def gradient_fn(self, model: torch.nn.Module, x0: torch.Tensor, sigmas: torch.Tensor, seed: int) -> VectorFn:
+        """i -> the flat loss gradient of ``model`` at noise level sigmas[i] on the batch ``x0`` (deterministic:
+        noise and dropout are reseeded per i, so a recomputed gradient is the same vector)."""
         from msrepro.losses import denoising_loss
 
         params = [q for q in model.parameters() if q.requires_grad]
         model.train(self.params.train_mode)
-        out = torch.empty((len(sigmas), sum(q.numel() for q in params)), dtype=STORAGE[self.params.storage_dtype],
-                          device=x0.device)
-        with torch.random.fork_rng(devices=[x0.device] if x0.device.type == "cuda" else []):
-            for i, sigma in enumerate(sigmas):
+        b = x0.shape[0]
+        step = self.params.micro_batch or b
+
+        def grad(i: int) -> torch.Tensor:
+            with torch.random.fork_rng(devices=[x0.device] if x0.device.type == "cuda" else []):
                 torch.manual_seed(seed * 100_003 + i)  # dropout masks
                 model.zero_grad(set_to_none=True)
                 noise = noise_for(i, x0.shape, seed).to(x0.device)
-                denoising_loss(model, x0, sigma.expand(x0.shape[0]).to(x0.device), noise).mean().backward()
-                out[i] = flat_grad(params)
-                if bar is not None:
-                    bar.update(1)
-        model.zero_grad(set_to_none=True)
-        return out
+                sigma = sigmas[i].expand(b).to(x0.device)
+                for s in range(0, b, step):  # the batch-mean loss, one micro-batch at a time
+                    part = slice(s, s + step)
+                    loss = denoising_loss(model, x0[part], sigma[part], noise[part]).sum() / b
+                    loss.backward()
+            out = flat_grad(params)
+            model.zero_grad(set_to_none=True)
+            return out
+
+        return grad
+
+    def gradients(self, model: torch.nn.Module, x0: torch.Tensor, sigmas: torch.Tensor, seed: int,
+                  bar: Any = None) -> torch.Tensor:
+        """[T, P] loss gradients of ``model`` at each noise level, on the batch ``x0`` (all held: small models)."""
+        grad = self.gradient_fn(model, x0, sigmas, seed)
+        rows = []
+        for i in range(len(sigmas)):
+            rows.append(grad(i).to(STORAGE[self.params.storage_dtype]))
+            if bar is not None:
+                bar.update(1)
+        return torch.stack(rows)
+
+    def block_size(self, model: torch.nn.Module) -> int:
+        """Gradients held at once: as many as fit in ``max_gradient_gb`` (all of the grid for small models)."""
+        numel = sum(q.numel() for q in model.parameters() if q.requires_grad)
+        itemsize = torch.empty((), dtype=STORAGE[self.params.storage_dtype]).element_size()
+        return block_for_budget(numel, itemsize, self.params.max_gradient_gb * 2**30, int(self.params.grid))
+
+    def affinity(self, model: torch.nn.Module, x0: torch.Tensor, sigmas: torch.Tensor, seed: int,
+                 bar: Any = None) -> tuple[np.ndarray, list[float]]:
+        """The cosine-similarity matrix of the gradients (streamed Gram) and the gradient norms."""
+        gram = streamed_gram(self.gradient_fn(model, x0, sigmas, seed), len(sigmas), self.block_size(model),
+                             dtype=STORAGE[self.params.storage_dtype],
+                             on_vector=None if bar is None else (lambda i: bar.update(1)))
+        return cosine_from_gram(gram), gram.diagonal().sqrt().tolist()
 
     def objective(self) -> str:
         return (f"DP minimising -sum gradient affinity to the cluster's upper median on {self.params.grid} grid "
@@ -134,6 +173,8 @@ class GradientClusterer(SizeLimitedGrid, Clusterer):
         """One forward + backward pass of a batch at each grid point, for each checkpoint averaged over."""
         if cost.train_flops is None:
             return None
+        # lower bound: one pass when the grid's gradients fit in max_gradient_gb (the dry run does not know the
+        # parameter count); a streamed Gram with block b makes gram.evaluations(grid, b) passes instead
         return self.params.grid * self.params.batch_size * cost.train_flops * max(1, cost.checkpoints)
 
     def fit(self, schedule: NoiseSchedule, inputs: ClusterInputs, k: int) -> ClusterResult:
@@ -145,15 +186,16 @@ class GradientClusterer(SizeLimitedGrid, Clusterer):
         t = fraction_grid(schedule, np.round((np.arange(n) + 1) / n, 12))
         sigmas = schedule.sigma(torch.as_tensor(t, dtype=torch.float64)).to(torch.float32)
         x0 = inputs.training_batch(p.batch_size).to(inputs.torch_device())
-        n_models = max(1, len(inputs.checkpoints))
-        affinities, labels, norms = [], [], []
-        with tqdm(total=n * n_models, desc="loss gradients", unit="t", disable=not inputs.progress) as bar:
+        affinities, labels, norms, blocks = [], [], [], []
+        with tqdm(desc="loss gradients", unit="grad", disable=not inputs.progress) as bar:
             for label, model in self.models(inputs):
-                grads = self.gradients(model, x0, sigmas, inputs.seed, bar)
-                affinities.append(cosine_matrix(grads))
-                norms.append(grads.float().norm(dim=1).cpu().tolist())
+                blocks.append(self.block_size(model))
+                bar.total = (bar.total or 0) + evaluations(n, blocks[-1])
+                aff, norm = self.affinity(model, x0, sigmas, inputs.seed, bar)
+                affinities.append(aff)  # averaged over checkpoints below, as the paper does
+                norms.append(norm)
                 labels.append(label)
-                del grads, model
+                del model
         affinity = np.mean(affinities, axis=0)
         part = self.split(affinity, k)
         diag = {"curves": {"x": t.tolist(), "xlabel": "t", "ylabel": "gradient cosine similarity",
@@ -162,6 +204,7 @@ class GradientClusterer(SizeLimitedGrid, Clusterer):
                 "matrix": {"grid": t.tolist(), "values": affinity.tolist(), "title": "gradient affinity",
                            "label": "cosine similarity, mean over checkpoints"},
                 "models": labels, "batch_size": int(x0.shape[0]), "gradient_norms": norms,
+                "gram_block": blocks, "gradient_evaluations": [evaluations(n, b) for b in blocks],
                 "cluster_sizes": list(part.sizes), "total_cost": part.cost,
                 "size_limits": self.limits(k).to_dict(),
                 "network": {"backbone": net.model.backbone, "variant": net.model.variant}}
