@@ -7,7 +7,7 @@ from scipy import linalg
 from msrepro.runconfig import load_config
 from msrepro.training.distributed import DistInfo
 from msrepro.training.loop import Trainer
-from msrepro.sampling import StackedRandomGenerator
+from msrepro.generation import StackedRandomGenerator
 from msrepro.samplers import build_sampler
 from msrepro.datasets import build_dataset
 from msrepro.evaluation.digits_classifier import ensure_classifier, load_classifier
