@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from msrepro.optimal_denoiser import OptimalDenoiser
+from msrepro.empirical_denoiser import OptimalDenoiser
 
 
 def vm_hwm_mb() -> float:

@@ -11,7 +11,7 @@ from msrepro.clustering import ClusterInputs, ClusterResult, build_clusterer
 from msrepro.clustering.dp import max_mean_similarity
 from msrepro.clustering.optimal_denoiser import denoise_on_grid, od_grid, pairwise_similarity, threshold_cuts
 from msrepro.config import ConfigError
-from msrepro.optimal_denoiser import OptimalDenoiser
+from msrepro.empirical_denoiser import OptimalDenoiser
 from msrepro.registry import CLUSTERERS
 from msrepro.schedules import EDMSchedule, VPLinearSchedule
 

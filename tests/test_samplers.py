@@ -9,7 +9,7 @@ import torch
 
 from msrepro.boundaries import StageBoundaries
 from msrepro.config import ConfigError
-from msrepro.optimal_denoiser import OptimalDenoiser
+from msrepro.empirical_denoiser import OptimalDenoiser
 from msrepro.registry import SAMPLERS
 from msrepro.samplers import (StagedDenoiser, build_sampler, count_nfe, karras_sigmas, singlestep_orders, time_grid,
                               time_range)

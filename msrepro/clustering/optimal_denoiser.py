@@ -2,7 +2,7 @@
 
 Similarity (Eq. 5): for a training image y, noise eps and two times t_a, t_b, D is the fraction of coordinates with
 |f_{t_a}(y + sigma_a eps) - f_{t_b}(y + sigma_b eps)| <= eta, where f is the optimal denoiser of Eq. 4
-(:class:`msrepro.optimal_denoiser.OptimalDenoiser`, the scaled x = x0 + sigma eps convention, sigma from the
+(:class:`msrepro.empirical_denoiser.OptimalDenoiser`, the scaled x = x0 + sigma eps convention, sigma from the
 schedule) in one of two spaces:
 
 - ``space=x0`` (the official code, ``interval_split.py`` / ``graph_vis.py``): f = E[x0 | x_t], same x0 and same eps
@@ -165,7 +165,7 @@ class OptimalDenoiserClusterer(Clusterer):
 
     def similarity_matrix(self, schedule: NoiseSchedule, inputs: ClusterInputs, grid: np.ndarray) -> np.ndarray:
         """Mean over K pairs (y, eps) of D(f_{t_a}, f_{t_b}) for every pair of grid times (Eq. 5)."""
-        from msrepro.optimal_denoiser import OptimalDenoiser
+        from msrepro.empirical_denoiser import OptimalDenoiser
 
         p = self.params
         data = inputs.data(zero_one=p.data_range == "zero_one")

@@ -3,7 +3,7 @@
 **Contract.** A sampler sees only a denoiser ``D(x, sigma) -> x0 estimate`` on the *scaled* variable
 ``x = x_t / s(t) = x0 + sigma eps`` (EDM's convention, Karras et al. 2022 Eq. 1); ``x`` is [B, ...] and ``sigma`` a
 [B] tensor of x's dtype. It never imports a backbone. :class:`msrepro.precond.Preconditioning` and
-:class:`msrepro.optimal_denoiser.OptimalDenoiser` both satisfy it. A denoiser with ``stage_of(sigma)`` (and
+:class:`msrepro.empirical_denoiser.OptimalDenoiser` both satisfy it. A denoiser with ``stage_of(sigma)`` (and
 ``num_stages``) gets its NFE counted per stage; any other counts as one stage.
 
 **Call.** ``sampler(denoiser, noise, schedule, callback=None, generator=None) -> (x0, info)``: ``noise`` is N(0, I)

@@ -1,4 +1,5 @@
-"""The optimal denoiser of a finite training set (paper Prop. 1, Eq. 4).
+"""The optimal denoiser of a finite training set (paper Prop. 1, Eq. 4): the closed-form denoiser of the empirical
+data distribution (the clusterer built on it is :mod:`msrepro.clustering.optimal_denoiser`).
 
 For training points {y_i} and x_t ~ N(s y, s^2 sigma^2 I), in the scaled variable x = x_t / s = y + sigma eps:
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from msrepro.optimal_denoiser import OptimalDenoiser, posterior_mean
+from msrepro.empirical_denoiser import OptimalDenoiser, posterior_mean
 
 
 def dense_reference(x, data, sigma):
