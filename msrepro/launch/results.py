@@ -26,11 +26,11 @@ from tabulate import tabulate
 
 from msrepro.evaluation import evaluate_run, plot_metric_vs_iterations
 from msrepro.flops import fmt_flops, paper_gflops, step_flops, training_pflops
-from msrepro.io import atomic_write_text
+from msrepro.io import atomic_write_json, atomic_write_text
 from msrepro.launch.execution import Profile, plan_groups
 from msrepro.launch.plan import Column, JobGraph, Row, Table
 from msrepro.launch.run_folder import DONE, SPEC, StepState, cell_path, read_json, run_states, saved_states, \
-    step_dir, write_json
+    step_dir
 
 PAPER_METRIC = "fid"
 METRIC_LABELS = {"fid": "FID", "fd_digits": "FD_digits", "kid": "KID", "prc": "PRC"}
@@ -228,7 +228,6 @@ def render(table: Table, runs: list[Run], form: str) -> str:
 def write_tables(tables: list[Table], runs: list[Run], out_dir: Path, formats: tuple[str, ...] = FORMATS) -> list[Path]:
     """Each table in each format into ``out_dir`` (atomically); returns the files."""
     ext = {"md": "md", "latex": "tex", "csv": "csv", "json": "json"}
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
     return [atomic_write_text(Path(out_dir) / f"{t.name}.{ext[f]}", render(t, runs, f)) for t in tables for f in formats]
 
 
@@ -242,7 +241,7 @@ def copy_run_results(run_dir: Path, out: Path) -> dict[str, list[str]]:
         shutil.copyfile(run_dir / name, out / name)
     graph = read_json(run_dir / "graph.json") or {}
     states = run_states(run_dir, list(graph.get("steps", {})))
-    write_json(out / "states.json", {s: {"state": st.state, "reason": st.reason} for s, st in states.items()})
+    atomic_write_json(out / "states.json", {s: {"state": st.state, "reason": st.reason} for s, st in states.items()})
 
     def copy(src: Path, dest: Path, kind: str) -> None:
         dest.parent.mkdir(exist_ok=True)
@@ -252,7 +251,7 @@ def copy_run_results(run_dir: Path, out: Path) -> dict[str, list[str]]:
     for key, cell in graph.get("cells", {}).items():
         res = read_json(cell_path(run_dir, key))
         if res is not None:
-            made["cells"].append(str(write_json(cell_path(out, key), res)))
+            made["cells"].append(str(atomic_write_json(cell_path(out, key), res)))
             if Path(res.get("grid") or "").is_file():
                 copy(Path(res["grid"]), out / "grids" / f"{cell['rows'][0].replace('.', '-')}.png", "grids")
     for sid in (s for s in graph.get("steps", {}) if s.startswith("cluster-")):
