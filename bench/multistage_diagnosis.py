@@ -61,7 +61,7 @@ def band_errors(model, x0, sig_edges, n_per=4):
             noise = torch.randn(x0.shape, generator=g)
             x = x0 + sigma.view(-1, 1, 1, 1) * noise
             d = model(x, sigma)
-            f = model.raw(x, sigma); tgt = model.raw_target(x, x0, sigma)
+            f = model.network_output(x, sigma); tgt = model.network_target(x, x0, sigma)
             el.append((f - tgt).pow(2).flatten(1).mean(1)); ex.append((d - x0).pow(2).flatten(1).mean(1))
         res.append((float(torch.cat(el).mean()), float(torch.cat(ex).mean())))
     return res

@@ -4,9 +4,8 @@ import torch, json
 torch.set_num_threads(2)
 from msrepro.checkpoint import load_model
 from msrepro.training.state import latest_checkpoint
-from msrepro.training.setup import noise_setup
+from msrepro.training.builders import heldout_images, noise_setup
 from msrepro.training.heldout import heldout_set, heldout_losses
-from msrepro.training import setup as S
 from msrepro.generation import generate
 from msrepro.evaluation.evaluate import plan, compute, image_dataset
 from msrepro.evaluation.metrics import build_metrics, parse_params
@@ -16,7 +15,7 @@ R = Path("/tmp/r10/runs")
 uni, ucfg = load_model(latest_checkpoint(R / "dpm_unified"))
 ms, mcfg = load_model(latest_checkpoint(R / "dpm_multistage"))
 dens, pol = noise_setup(mcfg, ms)
-hs = heldout_set(S.heldout_images(mcfg), pol, 1234)
+hs = heldout_set(heldout_images(mcfg), pol, 1234)
 print("bands (sigma):", ms.boundaries.sigma_intervals())
 from msrepro.training.heldout import HeldoutSet
 hu = HeldoutSet(hs.x0, hs.noise, hs.sigma, {k: None for k in hs.sigma})

@@ -20,17 +20,25 @@ weights and take about a second on a CPU.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import astuple, dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 from omegaconf import DictConfig
+from tabulate import tabulate
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from msrepro.boundaries import StageBoundaries
+from msrepro.clustering import build_clusterer
+from msrepro.clustering.base import FitCost
+from msrepro.config import to_dict
+from msrepro.models import build_net, data_shape, get_backbone, resolve_boundaries, resolve_schedule, stage_widths
 from msrepro.multidecoder import MultiStageNet
+from msrepro.registry import DATASETS, RegistryError
+from msrepro.samplers import build_sampler, count_nfe
 from msrepro.schedules import NoiseSchedule
 
 
@@ -96,9 +104,6 @@ def nfe_split(sampler: str, params: Mapping[str, Any], schedule: NoiseSchedule,
               boundaries: StageBoundaries | None) -> list[int] | None:
     """Function evaluations per stage of the registered ``sampler`` with ``params`` (e.g. DPM-Solver-3, 20 NFE,
     logSNR, t 1 -> 1e-4: 12 / 2 / 6), from the sampler's own count; None if the sampler is not registered."""
-    from msrepro.registry import RegistryError
-    from msrepro.samplers import build_sampler, count_nfe
-
     try:
         solver = build_sampler(sampler, params)
     except RegistryError:
@@ -118,9 +123,6 @@ def accounting(cfg: DictConfig, channels: int | None = None) -> dict[str, Any]:
 
     ``channels`` overrides the dataset's number of channels (e.g. 3 for CIFAR-10 without loading it).
     """
-    from msrepro.models import build_net, data_shape, get_backbone, resolve_boundaries, resolve_schedule, \
-        stage_widths
-
     backbone = get_backbone(cfg.model.backbone)
     if channels is None:
         channels = data_shape(cfg)[0]
@@ -161,8 +163,6 @@ def accounting(cfg: DictConfig, channels: int | None = None) -> dict[str, Any]:
 
 def format_report(acc: Mapping[str, Any]) -> str:
     """A table per stage plus the weighted figures (``msrepro flops``)."""
-    from tabulate import tabulate
-
     num = lambda v: f"{v:.2f}" if v >= 1 else f"{v:.3g}"  # noqa: E731
     rows = []
     for k in range(len(acc["params"])):
@@ -199,3 +199,65 @@ def paper_gflops(acc: dict[str, Any]) -> float | None:
 def training_pflops(iterations: float, gflops: float | None) -> float | None:
     """Total training PFLOPs as the paper's Table 2 footnote counts them: iterations x GFLOPs x 1e-6."""
     return None if gflops is None else float(iterations) * gflops * 1e-6
+
+
+# -- compute estimates of launcher steps (``msrepro reproduce --dry-run``) ------------------------------------------
+#: FLOPs of a training pass (forward + backward) per forward pass: the backward costs about two forwards
+TRAIN_PASSES = 3
+_ACCOUNTING_CACHE: dict[str, dict[str, Any]] = {}
+
+
+def model_accounting(cfg: DictConfig) -> dict[str, Any] | None:
+    """:func:`accounting` of a run config's model (cached per model config); None if it cannot be counted."""
+    try:
+        shape = data_shape(cfg)
+    except Exception:
+        shape = None
+    key = json.dumps({"shape": shape, **{k: to_dict(cfg[k]) for k in ("model", "stages", "schedule", "sample")}},
+                     sort_keys=True, default=str)
+    if key not in _ACCOUNTING_CACHE:
+        try:
+            _ACCOUNTING_CACHE[key] = accounting(cfg)
+        except Exception as exc:  # e.g. a dataset whose channel count needs the files
+            _ACCOUNTING_CACHE[key] = {"error": f"{type(exc).__name__}: {exc}"}
+    return None if "error" in _ACCOUNTING_CACHE[key] else _ACCOUNTING_CACHE[key]
+
+
+def forward_flops(acc: Mapping[str, Any], weighting: str = "length") -> float:
+    """True FLOPs of one forward pass per sample, stage-weighted (``length`` or ``nfe``)."""
+    w = acc.get(f"gflops_weighted_{weighting}") if len(acc["gflops"]) > 1 else acc["gflops"][0]
+    return float(w if w is not None else sum(acc["gflops"]) / len(acc["gflops"])) * 1e9
+
+
+def step_flops(kind: str, cfg: DictConfig) -> float | None:
+    """FLOPs of one launcher step of ``kind`` (train, evaluate, cluster; prepare: None) on the run config ``cfg``.
+
+    train = steps x batch x :data:`TRAIN_PASSES` x forward FLOPs; evaluate = samples x NFE x NFE-weighted forward
+    FLOPs (feature network not counted); cluster = what the clusterer states (``cost_flops``).
+    """
+    if kind == "prepare":
+        return None  # a backbone's prerequisite (e.g. an autoencoder) is not counted here
+    acc = model_accounting(cfg)
+    if kind == "train":
+        return None if acc is None else cfg.train.steps * cfg.train.batch_size * TRAIN_PASSES * forward_flops(acc)
+    if kind == "evaluate":
+        if acc is None:
+            return None
+        nfe = sum(acc["nfe_per_stage"]) if acc.get("nfe_per_stage") else 1
+        return cfg.eval.num_samples * nfe * forward_flops(acc, "nfe" if acc.get("nfe_per_stage") else "length")
+    fwd = None if acc is None else forward_flops(acc)
+    checkpoints = min(int(cfg.train.keep_checkpoints), int(cfg.train.steps) // int(cfg.train.checkpoint_every))
+    return build_clusterer(cfg.cluster.name, to_dict(cfg.cluster.params)).cost_flops(FitCost(
+        forward_flops=fwd, train_flops=None if fwd is None else TRAIN_PASSES * fwd,
+        item_numel=(acc["input_shape"][0] if acc else 3) * int(cfg.dataset.resolution) ** 2,
+        dataset_size=int(getattr(DATASETS.get(cfg.dataset.name), "estimate_size", 50_000)), checkpoints=checkpoints))
+
+
+def fmt_flops(f: float | None) -> str:
+    """``1.23e15``-style engineering notation; ``?`` for unknown."""
+    if f is None:
+        return "?"
+    if f == 0:
+        return "0"
+    e = int(math.floor(math.log10(f) / 3)) * 3
+    return f"{f / 10 ** e:.2f}e{e}"

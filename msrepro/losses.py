@@ -20,6 +20,6 @@ def denoising_loss(denoiser: Preconditioning, x0: torch.Tensor, sigma: torch.Ten
         noise = torch.randn_like(x0)
     sigma = sigma.reshape(-1).to(x0.device)
     x = x0 + sigma.reshape(-1, *([1] * (x0.ndim - 1))).to(x0.dtype) * noise
-    f = denoiser.raw(x, sigma, stage=stage, **cond)
-    target = denoiser.raw_target(x, x0, sigma)
+    f = denoiser.network_output(x, sigma, stage=stage, **cond)
+    target = denoiser.network_target(x, x0, sigma)
     return (f.float() - target.float()).pow(2).flatten(1).mean(1)

@@ -87,7 +87,7 @@ class Preconditioning(nn.Module):
         return st
 
     # -- forward --------------------------------------------------------------------------------------
-    def raw(self, x: torch.Tensor, sigma: torch.Tensor, stage: StageArg = None, **cond) -> torch.Tensor:
+    def network_output(self, x: torch.Tensor, sigma: torch.Tensor, stage: StageArg = None, **cond) -> torch.Tensor:
         """The network output F (before c_skip/c_out), e.g. the epsilon prediction for EpsPrecond."""
         sigma = self._sigma_vec(sigma, x)
         _, _, c_in, c_noise = self.get_scalings(sigma)
@@ -99,10 +99,10 @@ class Preconditioning(nn.Module):
         """D(x; sigma): the denoised estimate of x_0 from the scaled noisy sample x = x_0 + sigma eps."""
         sigma = self._sigma_vec(sigma, x)
         c_skip, c_out, _, _ = self.get_scalings(sigma)
-        f = self.raw(x, sigma, stage, **cond)
+        f = self.network_output(x, sigma, stage, **cond)
         return _bcast(c_skip, x) * x + _bcast(c_out, x) * f.to(x.dtype)
 
-    def raw_target(self, x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def network_target(self, x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The F that makes D exact: (x0 - c_skip x) / c_out (epsilon for EpsPrecond)."""
         sigma = self._sigma_vec(sigma, x)
         c_skip, c_out, _, _ = self.get_scalings(sigma)

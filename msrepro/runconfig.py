@@ -17,7 +17,7 @@ from msrepro.evaluation.metrics import parse_params
 from msrepro.precond import ROUTINGS
 from msrepro.registry import (BACKBONES, CLUSTERERS, DATASETS, METRICS, SAMPLERS, SCHEDULES, STAGE_POLICIES, Registry,
                               RegistryError)
-from msrepro.training.setup import check_train_options
+from msrepro.training.builders import check_train_options
 
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("fp32", "bf16")

@@ -496,7 +496,7 @@ def test_cli_import_then_evaluate_and_cluster_gradient(tmp_path, capsys, private
 
 
 def test_warm_start_from_an_imported_unified_model(tmp_path):
-    from msrepro.training.setup import build_model
+    from msrepro.training.builders import build_model
 
     _, unified, path, items, _ = write_official("score_sde", tmp_path)
     source = tmp_path / "unified.pt"
@@ -517,7 +517,7 @@ def test_warm_start_from_an_imported_unified_model(tmp_path):
 
 
 def test_warm_start_checks_the_source(tmp_path):
-    from msrepro.training.setup import build_model
+    from msrepro.training.builders import build_model
 
     _, _, path, items, _ = write_official("score_sde", tmp_path)
     import_checkpoint("score_sde", path, tmp_path / "unified.pt", items)

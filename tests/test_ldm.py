@@ -148,7 +148,7 @@ def test_full_preset_carries_the_paper_settings_and_lr_scaling_is_explicit():
     assert (cfg.train.optimizer, cfg.train.ema_decay, cfg.train.batch_size) == ("adamw", 0.9999, 48)
     assert cfg.sample.sampler == "dpm_solver_pp" and (cfg.sample.params.order, cfg.sample.params.steps) == (2, 20)
     assert cfg.train.lr == 2e-6 and cfg.train.scale_lr is False  # SPEC 4: 2e-6, lr scaling off
-    from msrepro.training.setup import effective_lr
+    from msrepro.training.builders import effective_lr
 
     assert effective_lr(cfg) == 2e-6
     assert effective_lr(config(extra=["train.scale_lr=true"])) == pytest.approx(2e-6 * 48)

@@ -230,7 +230,7 @@ def test_two_process_gloo_ddp_equals_one_process_with_the_same_global_batch(tmp_
 
 
 def build_initial(tmp: Path) -> dict:
-    from msrepro.training.setup import build_model
+    from msrepro.training.builders import build_model
 
     return build_model(cfg_for(tmp, "init", *DDP_ARGS), torch.device("cpu")).state_dict()
 

@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from msrepro.config import ConfigError, DatasetConfig, load_yaml, merge, parse_overrides
+from msrepro.registry import DATASETS, RegistryError
 from msrepro.backbones.ldm.autoencoder import VAEParams
 
 
@@ -99,7 +100,6 @@ def load_vae_config(files: Sequence[str | Path] = (), overrides: Sequence[str] =
 
 
 def validate_vae_config(cfg: DictConfig) -> None:
-    from msrepro.registry import DATASETS, RegistryError
 
     try:
         DATASETS.get(cfg.dataset.name)

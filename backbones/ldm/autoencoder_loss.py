@@ -52,7 +52,7 @@ def build_lpips(net: str = "vgg", *, random_backbone: bool = False) -> nn.Module
 
     ``random_backbone=True`` (tests only) keeps a randomly initialised backbone and needs no file.
     """
-    import lpips
+    import lpips  # optional and heavy (torchvision backbones): only when an LPIPS loss is built
 
     if net not in LPIPS_BACKBONES:
         raise ValueError(f"LPIPS net '{net}' is not valid; allowed: {', '.join(LPIPS_BACKBONES)}")

@@ -19,8 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from msrepro.checkpoint import load_checkpoint, save_checkpoint
+from msrepro.config import merge
+from msrepro.datasets import build_dataset
+from msrepro.datasets.base import OfflineDataError
+from msrepro.generation import save_grid
 from msrepro.io import append_jsonl, atomic_write_json, atomic_write_text, code_version
+from msrepro.registry import DATASETS
 from msrepro.backbones.ldm.autoencoder import AutoencoderKL, VAEParams
+from msrepro.backbones.ldm.autoencoder_config import VAERunConfig
+from msrepro.backbones.ldm.autoencoder_loss import VAELoss, build_lpips, lpips_distance
 
 CHECKPOINT_NAME = "vae.pt"
 
@@ -41,7 +48,6 @@ def resolve_device(name: str) -> torch.device:
 
 def build_vae(cfg: DictConfig) -> AutoencoderKL:
     """The autoencoder of a VAE run config (channels from the dataset)."""
-    from msrepro.registry import DATASETS
 
     ds = DATASETS.get(cfg.dataset.name)
     channels = int(ds.channels(cfg.dataset) if callable(ds.channels) else ds.channels)
@@ -59,7 +65,6 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def evaluate_reconstruction(vae: AutoencoderKL, images: torch.Tensor, *, batch: int = 64,
                             lpips_model: torch.nn.Module | None = None) -> dict[str, Any]:
     """Mean PSNR (dB) and LPIPS of deterministic (posterior-mean) reconstructions of ``images`` in [-1, 1]."""
-    from msrepro.backbones.ldm.autoencoder_loss import lpips_distance
 
     was_training = vae.training
     vae.eval()
@@ -78,8 +83,6 @@ def evaluate_reconstruction(vae: AutoencoderKL, images: torch.Tensor, *, batch: 
 
 def _lpips_for_eval(cfg: DictConfig, loss_lpips: torch.nn.Module | None) -> tuple[Any, str | None]:
     """The LPIPS model for held-out evaluation, or (None, why not)."""
-    from msrepro.datasets.base import OfflineDataError
-    from msrepro.backbones.ldm.autoencoder_loss import build_lpips
 
     if loss_lpips is not None:
         return loss_lpips, None
@@ -99,9 +102,6 @@ def _batches(data: torch.Tensor, batch: int, gen: torch.Generator):
 def train_vae(cfg: DictConfig, *, progress: bool = True) -> VAEResult:
     """Adam (betas 0.5, 0.9) on L1 + LPIPS + KL (+ discriminator after ``loss.disc_start``); held-out PSNR/LPIPS
     every ``train.eval_every`` steps; the scale factor 1/std(z) from ``train.scale_samples`` training latents."""
-    from msrepro.datasets import build_dataset
-    from msrepro.generation import save_grid
-    from msrepro.backbones.ldm.autoencoder_loss import VAELoss
 
     torch.manual_seed(int(cfg.seed))
     device = resolve_device(cfg.device)
@@ -179,8 +179,6 @@ def load_vae(path: str | Path, map_location: str | torch.device = "cpu") -> Auto
 
 
 def vae_config_of(state: dict) -> DictConfig:
-    from msrepro.config import merge
-    from msrepro.backbones.ldm.autoencoder_config import VAERunConfig
 
     return merge(OmegaConf.structured(VAERunConfig), OmegaConf.create(state["config"]), where="VAE checkpoint")
 

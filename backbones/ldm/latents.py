@@ -22,9 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from msrepro.config import ConfigError, DatasetConfig
+from msrepro.datasets import build_dataset
 from msrepro.datasets.base import ImageDataset
 from msrepro.io import atomic_write
 from msrepro.registry import DATASETS
+from msrepro.backbones.ldm.autoencoder_training import load_vae
 
 FORMAT = "msrepro-latents-v1"
 
@@ -33,8 +35,6 @@ FORMAT = "msrepro-latents-v1"
 def encode_latents(vae_checkpoint: str | Path, dataset_cfg: Any, out: str | Path, *, batch: int = 64,
                    device: str | torch.device = "cpu", progress: bool = True) -> Path:
     """Encode every image of ``dataset_cfg`` (no flips) with the VAE and write the cache atomically."""
-    from msrepro.datasets import build_dataset
-    from msrepro.backbones.ldm.autoencoder_training import load_vae
 
     vae = load_vae(vae_checkpoint, device)
     ds = build_dataset(OmegaConf.merge(OmegaConf.structured(DatasetConfig), dataset_cfg, {"hflip": False,

@@ -3,7 +3,7 @@
 Learning rate (SPEC 4's scaling question): latent-diffusion's ``main.py`` multiplies ``base_learning_rate`` by
 the global batch when ``scale_lr`` is on (2e-6 x 16 x 3 GPUs = 9.6e-5); the paper's run trained with it off, so
 the effective rate is 2e-6. Here ``train.lr`` is the base rate and ``train.scale_lr`` (default false) the flag;
-the trainer applies it (:func:`msrepro.training.setup.effective_lr`).
+the trainer applies it (:func:`msrepro.training.builders.effective_lr`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""``msrepro`` command line: one module per subcommand, listed explicitly in COMMANDS."""
+"""``msrepro`` command line: one module per subcommand, listed explicitly in COMMANDS.
+
+Every subcommand module is imported to build the parser, so each keeps its heavy imports (torch, the launcher,
+evaluation, generation, clustering) inside ``run``: ``msrepro --help`` and argument errors stay fast. Light ones
+(stdlib, omegaconf, tabulate, ``msrepro.config`` / ``registry`` / ``io``) are at module top.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,11 @@ import importlib
 import logging
 import sys
 from typing import Sequence
+
+from omegaconf.errors import OmegaConfBaseException
+
+from msrepro.config import ConfigError
+from msrepro.registry import RegistryError
 
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
 COMMANDS: tuple[str, ...] = (
@@ -51,11 +61,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from omegaconf.errors import OmegaConfBaseException
-
-    from msrepro.config import ConfigError
-    from msrepro.registry import RegistryError
-
     parser, modules = build_parser()
     args, extra = parser.parse_known_args(argv)
     # a command with INTERMIXED_ITEMS = True takes key=value items before, between and after its options

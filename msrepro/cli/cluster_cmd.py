@@ -13,6 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+from tabulate import tabulate
+
+from msrepro.cli import UserError
+from msrepro.config import check_params, parse_overrides
+from msrepro.registry import CLUSTERERS, DATASETS
+
 NAME = "cluster"
 INTERMIXED_ITEMS = True  # `msrepro cluster NAME --k 4 eta=0.01`: items may follow the options
 HELP = "split the diffusion time axis into K stages with a registered clusterer (Table 4); writes JSON + PNG plots"
@@ -35,10 +42,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def split_cluster_items(items: list[str]) -> tuple[dict[str, Any], list[str], list[str], list[str]]:
     """(clusterer params, dataset overrides, run-config files, run-config overrides) from the trailing items."""
-    from omegaconf import OmegaConf
-
-    from msrepro.config import parse_overrides
-
     files = [i for i in items if "=" not in i]
     plain = [i for i in items if "=" in i and "." not in i.split("=", 1)[0]]
     dataset = [i.split(".", 1)[1] for i in items if "=" in i and i.startswith("dataset.")]
@@ -49,11 +52,7 @@ def split_cluster_items(items: list[str]) -> tuple[dict[str, Any], list[str], li
 
 def build_inputs(args: argparse.Namespace, dataset_items: list[str], files: list[str], run_items: list[str]):
     """The lazily loaded ClusterInputs; the dataset name and options are checked here, before any work."""
-    from omegaconf import OmegaConf
-
     from msrepro.clustering import ClusterInputs
-    from msrepro.config import check_params, parse_overrides
-    from msrepro.registry import DATASETS
 
     dataset = OmegaConf.to_container(parse_overrides(dataset_items)) if dataset_items else {}
     if args.dataset:
@@ -72,8 +71,6 @@ def build_inputs(args: argparse.Namespace, dataset_items: list[str], files: list
 
 def summary(result: Any, elapsed: float) -> str:
     """A readable account: stages table, the threshold rule where recorded, the files written."""
-    from tabulate import tabulate
-
     sb = result.stage_boundaries
     rows = [(j, f"[{lo:.4g}, {hi:.4g})", f"[{slo:.4g}, {shi:.4g})", f"{frac:.3f}")
             for j, ((lo, hi), (slo, shi), frac) in enumerate(zip(sb.intervals(), sb.sigma_intervals(),
@@ -101,9 +98,7 @@ def summary(result: Any, elapsed: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msrepro.cli import UserError
     from msrepro.clustering.plots import save_result
-    from msrepro.registry import CLUSTERERS
     from msrepro.schedules import build_schedule
 
     cls = CLUSTERERS.get(args.name)  # unknown names fail here, listing the valid ones

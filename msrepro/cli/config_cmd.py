@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from msrepro.config import to_yaml
+
 NAME = "config"
 HELP = "show the resolved run config (defaults < backbone preset < files < overrides)"
 
@@ -22,7 +24,6 @@ def split_items(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msrepro.config import to_yaml
     from msrepro.runconfig import load_config
 
     files, overrides = split_items(args.items)

@@ -6,6 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from msrepro.cli import UserError
+from msrepro.config import merge, parse_overrides
+from msrepro.registry import DATASETS, RegistryError
+
 NAME = "encode-latents"
 HELP = "encode a dataset with a trained VAE into a latent cache (read by dataset 'latents')"
 INTERMIXED_ITEMS = True
@@ -22,12 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
     from msrepro.checkpoint import load_checkpoint
-    from msrepro.cli import UserError
-    from msrepro.config import merge, parse_overrides
-    from msrepro.registry import DATASETS, RegistryError
     from msrepro.backbones.ldm.latents import encode_latents, read_cache
     from msrepro.backbones.ldm.autoencoder_training import resolve_device, vae_config_of
 

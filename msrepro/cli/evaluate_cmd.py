@@ -11,6 +11,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from tabulate import tabulate
+
+from msrepro.cli import UserError
+from msrepro.cli.sample_cmd import output_folder, pick_device, read_checkpoint, sample_section
+from msrepro.io import atomic_write_json
+
 NAME = "evaluate"
 HELP = "compute FID / FD-digits / KID / precision-recall of a checkpoint (torch-fidelity, streamed samples)"
 INTERMIXED_ITEMS = True
@@ -42,8 +48,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def request(args: argparse.Namespace, checkpoint: Path) -> dict[str, Any]:
     """evaluate_checkpoint keyword arguments from the command line (sampler options checked now)."""
     from msrepro.checkpoint import checkpoint_config
-    from msrepro.cli import UserError
-    from msrepro.cli.sample_cmd import pick_device, read_checkpoint, sample_section
 
     for name in ("num", "repeats", "batch"):
         value = getattr(args, name)
@@ -58,8 +62,6 @@ def request(args: argparse.Namespace, checkpoint: Path) -> dict[str, Any]:
 
 
 def format_result(result: dict[str, Any]) -> str:
-    from tabulate import tabulate
-
     rows = []
     for key, value in result["metrics"].items():
         std = result["metrics_std"].get(key, 0.0)
@@ -70,9 +72,7 @@ def format_result(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msrepro.cli.sample_cmd import output_folder
     from msrepro.evaluation import evaluate_checkpoint
-    from msrepro.io import atomic_write_json
 
     kwargs = request(args, args.checkpoint)
     for folder in ([args.write_png] if args.write_png else []) + ([args.json.parent] if args.json else []):

@@ -7,14 +7,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tabulate import tabulate
+
+from msrepro.cli import UserError
+from msrepro.cli.evaluate_cmd import add_common, request
+
 NAME = "evaluate-run"
 HELP = "evaluate all saved checkpoints of runs -> eval.jsonl, and plot metric vs iterations / PFLOPs"
 INTERMIXED_ITEMS = True
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from msrepro.cli.evaluate_cmd import add_common
-
     p.add_argument("runs", nargs="+", type=Path, help="run folders (holding checkpoints/ckpt-*.pt)")
     p.add_argument("--plot", type=Path, default=None, help="write the curves of all runs to this PNG")
     p.add_argument("--x", choices=("iterations", "pflops"), default="iterations", help="x axis of the plot")
@@ -28,10 +31,6 @@ def _g(value: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tabulate import tabulate
-
-    from msrepro.cli import UserError
-    from msrepro.cli.evaluate_cmd import request
     from msrepro.evaluation import LABELS, evaluate_run, plot_metric_vs_iterations
     from msrepro.evaluation.runs import run_checkpoints
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 
+from msrepro.cli import UserError
+from msrepro.cli.config_cmd import split_items
+from msrepro.config import VARIANTS
+from msrepro.registry import RegistryError
+
 NAME = "flops"
 INTERMIXED_ITEMS = True  # key=value items may also follow the options (see cli.main)
 HELP = "parameters, GMACs (the paper's 'GFLOPs') and true FLOPs per stage, weighted multistage figures"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from msrepro.config import VARIANTS
-
     p.add_argument("backbone", help="registered backbone, e.g. dpm_solver, edm")
     p.add_argument("--variant", default="multistage", choices=VARIANTS, help="model variant (default: multistage)")
     p.add_argument("--preset", default="full", help="backbone preset (default: full, the paper's sizes)")
@@ -23,12 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msrepro.cli import UserError
-    from msrepro.cli.config_cmd import split_items
     from msrepro.runconfig import load_config
     from msrepro.flops import accounting, format_report
     from msrepro.models import data_shape, get_backbone
-    from msrepro.registry import RegistryError
     from msrepro.boundaries import validate_stages
 
     files, overrides = split_items(args.items)

@@ -9,7 +9,10 @@ error names each missing key) and may override the format's conventions (e.g. ``
 from __future__ import annotations
 
 import argparse
+import pickle
 from pathlib import Path
+
+from msrepro.cli import UserError
 
 NAME = "import"
 HELP = "convert an official checkpoint (score_sde, edm, ldm, multistage_*) into an msrepro checkpoint"
@@ -26,9 +29,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import pickle
-
-    from msrepro.cli import UserError
     from msrepro.convert import import_checkpoint
 
     try:

@@ -7,6 +7,8 @@ import json
 
 from tabulate import tabulate
 
+from msrepro.registry import ensure_loaded, get_registry, plugin_failures, registries
+
 NAME = "list"
 HELP = "list registered backbones, clusterers, datasets, samplers, metrics, stage policies, schedules"
 
@@ -18,8 +20,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msrepro.registry import ensure_loaded, get_registry, plugin_failures, registries
-
     ensure_loaded()
     regs = [get_registry(args.registry)] if args.registry else list(registries().values())
     failures = plugin_failures()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from msrepro.cli import UserError
+
 NAME = "prefetch"
 HELP = "download datasets and weights (run where there is internet; everything else works offline)"
 
@@ -15,7 +17,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msrepro.cli import UserError
     from msrepro.prefetch import prefetch, targets
 
     valid = targets()

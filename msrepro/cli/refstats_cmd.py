@@ -6,6 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from omegaconf import OmegaConf
+
+from msrepro.config import DatasetConfig
+from msrepro.registry import DATASETS
+
 NAME = "refstats"
 HELP = "compute / show cached reference statistics of a dataset (features + FID statistics, with provenance)"
 
@@ -25,18 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from msrepro.config import DatasetConfig
     from msrepro.evaluation import refstats
     from msrepro.evaluation.metrics import EvalParams, resolve_extractor
     from msrepro.evaluation.reference import provenance
-    from msrepro.registry import DATASETS
 
     DATASETS.get(args.dataset)  # unknown names list the valid ones
     cfg = DatasetConfig(name=args.dataset, root=args.root, split=args.split, limit=args.limit)
     if args.resolution is not None:
         cfg.resolution = args.resolution
     kind = args.extractor or ("digits" if args.dataset == "digits" else "inception")
-    from omegaconf import OmegaConf
 
     dcfg = OmegaConf.structured(cfg)
     ext = resolve_extractor(kind, dcfg, EvalParams(inception_weights=args.inception_weights))

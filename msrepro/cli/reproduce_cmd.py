@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
 
 NAME = "reproduce"
 HELP = ("run all four tables with the local executor, wait with a progress display, and write tables, sample "
@@ -22,12 +27,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-    import shlex
-    import sys
-    import time
-    from pathlib import Path
-
     from msrepro.launch.execution import submit
     from msrepro.launch.plan import select_tables
     from msrepro.launch.results import Run, copy_run_results, quality_vs_iterations, render, write_readme, \

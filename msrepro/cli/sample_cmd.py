@@ -8,7 +8,14 @@ sample section (``sample.params.nfe=10``). The checkpoint's own ``sample`` secti
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from msrepro.cli import UserError
+from msrepro.config import merge, parse_overrides, to_dict
+from msrepro.io import atomic_write_json, code_version
 
 NAME = "sample"
 HELP = "generate images from a checkpoint (PNG files or .npz, plus a PNG grid of the first 64)"
@@ -36,7 +43,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve_seeds(num: int | None, spec: str | None, default_num: int = 64) -> list[int]:
     """The seeds: ``spec`` (its count must equal ``num`` if both are given), else 0..num-1."""
-    from msrepro.cli import UserError
     from msrepro.generation import parse_seeds
 
     if num is not None and num < 1:
@@ -54,10 +60,6 @@ def resolve_seeds(num: int | None, spec: str | None, default_num: int = 64) -> l
 
 def sample_section(cfg, sampler: str | None, batch: int | None, items: list[str]):
     """The run config's sample section with --sampler, --batch and key=value items applied, sampler checked."""
-    from omegaconf import OmegaConf
-
-    from msrepro.cli import UserError
-    from msrepro.config import merge, parse_overrides
     from msrepro.samplers import build_sampler
 
     sample = OmegaConf.create(OmegaConf.to_container(cfg.sample, resolve=True))
@@ -79,7 +81,6 @@ def sample_section(cfg, sampler: str | None, batch: int | None, items: list[str]
 def read_checkpoint(path: Path) -> dict:
     """The checkpoint's contents; a damaged or foreign file is a one-line error, not a traceback."""
     from msrepro.checkpoint import load_checkpoint
-    from msrepro.cli import UserError
 
     try:
         return load_checkpoint(path)
@@ -99,8 +100,6 @@ def pick_device(name: str | None) -> str:
     """``auto``: cuda where available, else cpu. A malformed or absent device is a UserError, before any work."""
     import torch
 
-    from msrepro.cli import UserError
-
     if name in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -118,10 +117,6 @@ def pick_device(name: str | None) -> str:
 
 def output_folder(path: Path) -> Path:
     """Create the output folder now, so that an unwritable place fails before any image is sampled."""
-    import os
-
-    from msrepro.cli import UserError
-
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -135,8 +130,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from msrepro.checkpoint import checkpoint_config, load_model
-    from msrepro.config import to_dict
-    from msrepro.io import atomic_write_json, code_version
     from msrepro.models import data_shape
     from msrepro.generation import NPZWriter, PNGWriter, generate, save_grid
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+
+from tabulate import tabulate
 
 NAME = "status"
 HELP = "state of a run's cells and steps: queued, running, done, failed (with the log to read)"
@@ -38,10 +41,6 @@ def status_rows(run_dir) -> tuple[list[list[str]], dict[str, int], dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from tabulate import tabulate
-
     from msrepro.launch.run_folder import read_json, resolve_run
 
     run_dir = resolve_run(args.run)

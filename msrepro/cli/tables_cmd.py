@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 NAME = "tables"
 HELP = "write the paper's tables from runs: our value, the paper's, the difference (several runs side by side)"
@@ -18,8 +19,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from msrepro.launch.plan import select_tables
     from msrepro.launch.results import Run, render, write_tables
     from msrepro.launch.run_folder import resolve_run

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from msrepro.cli.config_cmd import split_items
+
 NAME = "train"
 HELP = "train a model (resumes an existing run directory; SIGTERM/SIGUSR2 checkpoint and exit)"
 INTERMIXED_ITEMS = True  # `msrepro train cfg.yaml --fresh train.steps=100`
@@ -29,7 +31,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msrepro.cli.config_cmd import split_items
     from msrepro.runconfig import load_config
     from msrepro.training import Preempted, train
 

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 
+from omegaconf import OmegaConf
+
+from msrepro.cli.config_cmd import split_items
+
 NAME = "train-vae"
 HELP = "train the VAE (KL autoencoder) for latent diffusion; reports held-out PSNR and LPIPS"
 INTERMIXED_ITEMS = True
@@ -20,9 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
-    from msrepro.cli.config_cmd import split_items
     from msrepro.backbones.ldm.autoencoder_config import load_vae_config
     from msrepro.backbones.ldm.autoencoder_training import train_vae
 

@@ -39,10 +39,10 @@ from msrepro.config import ConfigError, merge, schema, to_dict
 from msrepro.evaluation import evaluate_checkpoint
 from msrepro.flops import accounting
 from msrepro.generation import generate, save_grid
-from msrepro.io import code_version
+from msrepro.io import atomic_write_json, code_version
 from msrepro.launch.plan import KINDS, JobGraph, Step, plan, unified_reference
 from msrepro.launch.run_folder import DONE, FAILED, SPEC, StepState, cell_path, prepare_run, read_json, \
-    record_job, snapshot_code, step_dir, write_json
+    record_job, snapshot_code, step_dir
 from msrepro.models import data_shape, get_backbone
 from msrepro.training.signals import Preempted
 
@@ -283,15 +283,15 @@ def run_step(run_dir: str | Path, step_id: str, progress: bool = False) -> dict[
         raise  # not a failure: the step resumes when it runs again
     except BaseException as exc:
         if _rank() == 0:
-            write_json(d / FAILED, {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
-                                    "wall_s": time.time() - t0})
+            atomic_write_json(d / FAILED, {"error": f"{type(exc).__name__}: {exc}",
+                                           "traceback": traceback.format_exc(), "wall_s": time.time() - t0})
         raise
     out["wall_s"] = out.get("wall_s") or time.time() - t0
     if _rank() == 0:
         if spec["kind"] == "evaluate":
             out["timings"]["evaluate_s"] = out["wall_s"]
-            write_json(cell_path(run_dir, spec["key"]), out)
-        write_json(d / DONE, out)
+            atomic_write_json(cell_path(run_dir, spec["key"]), out)
+        atomic_write_json(d / DONE, out)
     return out
 
 
@@ -426,7 +426,8 @@ def run_here(run_dir: Path, graph: JobGraph, todo: set[str], cluster: str, profi
                 deps = [final.get(d) or _finished(run_dir, d) for d in graph.steps[sid].deps]
                 if "failed" in deps or "blocked" in deps:
                     bad = [d for d, s in zip(graph.steps[sid].deps, deps) if s in ("failed", "blocked")]
-                    write_json(step_dir(run_dir, sid) / FAILED, {"error": f"upstream step failed: {', '.join(bad)}"})
+                    atomic_write_json(step_dir(run_dir, sid) / FAILED,
+                                      {"error": f"upstream step failed: {', '.join(bad)}"})
                     pending.remove(sid)
                     finish(sid, "failed")
                 elif all(d == "done" for d in deps) and len(running) < max(1, parallel):

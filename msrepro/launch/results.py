@@ -5,9 +5,8 @@ value, each run's, and their difference where like-for-like (a column's ``compar
 ``metric``: the quality metric is the paper's FID; ``full``: the run used the paper's budgets). More columns come
 in through :data:`TABLE_EXTENSIONS` (functions that add to a :class:`TableView`).
 
-Compute estimates (``--dry-run``): train = steps x batch x 3 x forward FLOPs (backward ~ 2 forwards), the forward
-weighted by interval length over the stages; evaluate = samples x NFE-weighted forward FLOPs x NFE (feature
-network not counted); cluster = what the clusterer states (``cost_flops``, :class:`msrepro.clustering.base.FitCost`).
+Compute estimates (``--dry-run``): each step's FLOPs from :func:`msrepro.flops.step_flops`, turned into GPU-hours at
+the profile's throughput.
 """
 
 from __future__ import annotations
@@ -23,27 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from omegaconf import DictConfig
 from tabulate import tabulate
 
-from msrepro.clustering import build_clusterer
-from msrepro.clustering.base import FitCost
-from msrepro.config import to_dict
 from msrepro.evaluation import evaluate_run, plot_metric_vs_iterations
-from msrepro.flops import accounting, paper_gflops, training_pflops
-from msrepro.io import atomic_write_text
+from msrepro.flops import fmt_flops, paper_gflops, step_flops, training_pflops
+from msrepro.io import atomic_write_json, atomic_write_text
 from msrepro.launch.execution import Profile, plan_groups
-from msrepro.launch.plan import Column, JobGraph, Row, Step, Table, config_hash
+from msrepro.launch.plan import Column, JobGraph, Row, Table
 from msrepro.launch.run_folder import DONE, SPEC, StepState, cell_path, read_json, run_states, saved_states, \
-    step_dir, write_json
-from msrepro.models import data_shape
-from msrepro.registry import DATASETS
+    step_dir
 
 PAPER_METRIC = "fid"
 METRIC_LABELS = {"fid": "FID", "fd_digits": "FD_digits", "kid": "KID", "prc": "PRC"}
 FORMATS: tuple[str, ...] = ("md", "latex", "csv", "json")
-#: FLOPs of a training pass (forward + backward) per forward pass: the backward costs about two forwards
-TRAIN_PASSES = 3
 
 
 # -- tables -------------------------------------------------------------------------------------------------------
@@ -237,7 +228,6 @@ def render(table: Table, runs: list[Run], form: str) -> str:
 def write_tables(tables: list[Table], runs: list[Run], out_dir: Path, formats: tuple[str, ...] = FORMATS) -> list[Path]:
     """Each table in each format into ``out_dir`` (atomically); returns the files."""
     ext = {"md": "md", "latex": "tex", "csv": "csv", "json": "json"}
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
     return [atomic_write_text(Path(out_dir) / f"{t.name}.{ext[f]}", render(t, runs, f)) for t in tables for f in formats]
 
 
@@ -251,7 +241,7 @@ def copy_run_results(run_dir: Path, out: Path) -> dict[str, list[str]]:
         shutil.copyfile(run_dir / name, out / name)
     graph = read_json(run_dir / "graph.json") or {}
     states = run_states(run_dir, list(graph.get("steps", {})))
-    write_json(out / "states.json", {s: {"state": st.state, "reason": st.reason} for s, st in states.items()})
+    atomic_write_json(out / "states.json", {s: {"state": st.state, "reason": st.reason} for s, st in states.items()})
 
     def copy(src: Path, dest: Path, kind: str) -> None:
         dest.parent.mkdir(exist_ok=True)
@@ -261,7 +251,7 @@ def copy_run_results(run_dir: Path, out: Path) -> dict[str, list[str]]:
     for key, cell in graph.get("cells", {}).items():
         res = read_json(cell_path(run_dir, key))
         if res is not None:
-            made["cells"].append(str(write_json(cell_path(out, key), res)))
+            made["cells"].append(str(atomic_write_json(cell_path(out, key), res)))
             if Path(res.get("grid") or "").is_file():
                 copy(Path(res["grid"]), out / "grids" / f"{cell['rows'][0].replace('.', '-')}.png", "grids")
     for sid in (s for s in graph.get("steps", {}) if s.startswith("cluster-")):
@@ -311,56 +301,12 @@ def write_readme(out: Path, command: str, info: dict[str, Any], made: dict[str, 
 
 
 # -- compute estimate and dry run ---------------------------------------------------------------------------------
-_ACC: dict[str, dict[str, Any]] = {}
-
-
-def model_accounting(cfg: DictConfig) -> dict[str, Any] | None:
-    """``msrepro.flops.accounting`` of the cell's model (cached per model config); None if it cannot be counted."""
-    try:
-        shape = data_shape(cfg)
-    except Exception:
-        shape = None
-    key = config_hash({"shape": shape, **{k: to_dict(cfg[k]) for k in ("model", "stages", "schedule", "sample")}})
-    if key not in _ACC:
-        try:
-            _ACC[key] = accounting(cfg)
-        except Exception as exc:  # e.g. a dataset whose channel count needs the files
-            _ACC[key] = {"error": f"{type(exc).__name__}: {exc}"}
-    return None if "error" in _ACC[key] else _ACC[key]
-
-
-def forward_flops(acc: dict[str, Any], weighting: str = "length") -> float:
-    """True FLOPs of one forward pass per sample, stage-weighted (``length`` or ``nfe``)."""
-    w = acc.get(f"gflops_weighted_{weighting}") if len(acc["gflops"]) > 1 else acc["gflops"][0]
-    return float(w if w is not None else sum(acc["gflops"]) / len(acc["gflops"])) * 1e9
-
-
-def step_flops(step: Step) -> float | None:
-    cfg = step.config
-    if step.kind == "prepare":
-        return None  # a backbone's prerequisite (e.g. an autoencoder) is not counted by msrepro.flops
-    acc = model_accounting(cfg)
-    if step.kind == "train":
-        return None if acc is None else cfg.train.steps * cfg.train.batch_size * TRAIN_PASSES * forward_flops(acc)
-    if step.kind == "evaluate":
-        if acc is None:
-            return None
-        nfe = sum(acc["nfe_per_stage"]) if acc.get("nfe_per_stage") else 1
-        return cfg.eval.num_samples * nfe * forward_flops(acc, "nfe" if acc.get("nfe_per_stage") else "length")
-    fwd = None if acc is None else forward_flops(acc)
-    checkpoints = min(int(cfg.train.keep_checkpoints), int(cfg.train.steps) // int(cfg.train.checkpoint_every))
-    return build_clusterer(cfg.cluster.name, to_dict(cfg.cluster.params)).cost_flops(FitCost(
-        forward_flops=fwd, train_flops=None if fwd is None else TRAIN_PASSES * fwd,
-        item_numel=(acc["input_shape"][0] if acc else 3) * int(cfg.dataset.resolution) ** 2,
-        dataset_size=int(getattr(DATASETS.get(cfg.dataset.name), "estimate_size", 50_000)), checkpoints=checkpoints))
-
-
 def estimate_graph(graph: JobGraph, profile: Profile) -> dict[str, dict[str, Any]]:
     """Per step: FLOPs, GPU-hours at the profile's throughput, wall hours on its GPUs, and the time limit."""
     rate = float(profile.estimate["gpu_tflops"]) * 1e12 * float(profile.estimate["utilization"])
     out = {}
     for sid, step in graph.steps.items():
-        flops, res = step_flops(step), profile.resources(step.kind)
+        flops, res = step_flops(step.kind, step.config), profile.resources(step.kind)
         hours = None if flops is None else flops / rate / 3600.0
         wall = None if hours is None else hours / max(1, res.gpus)
         out[sid] = {"flops": flops, "gpu_hours": hours, "wall_hours": wall, "limit_min": res.timeout_min,
@@ -374,15 +320,6 @@ def fmt_hours(h: float | None) -> str:
     if h < 1 / 60:
         return f"{h * 3600:.0f}s"
     return f"{h * 60:.1f}m" if h < 1 else f"{h:.1f}h" if h < 100 else f"{h:,.0f}h"
-
-
-def fmt_flops(f: float | None) -> str:
-    if f is None:
-        return "?"
-    if f == 0:
-        return "0"
-    e = int(math.floor(math.log10(f) / 3)) * 3
-    return f"{f / 10 ** e:.2f}e{e}"
 
 
 def array_plan(graph: JobGraph, executor: str, profile: Profile) -> list[str]:

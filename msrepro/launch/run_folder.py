@@ -51,14 +51,8 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def write_json(path: Path, obj: Any) -> Path:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_json(path, obj)
-
-
 def record_job(run_dir: Path, step_id: str, record: dict[str, Any]) -> None:
-    step_dir(run_dir, step_id).mkdir(parents=True, exist_ok=True)
-    append_jsonl(step_dir(run_dir, step_id) / JOBS, record)
+    append_jsonl(step_dir(run_dir, step_id) / JOBS, record)  # makes the folder
 
 
 def last_job(run_dir: Path, step_id: str) -> dict[str, Any] | None:
@@ -96,7 +90,7 @@ def snapshot_code(run_dir: Path) -> Path:
     for sub in ("backbones", "registry"):  # package-dir mapping of pyproject.toml (editable checkout)
         if (src.parent / sub / "__init__.py").is_file() and not (tmp / "msrepro" / sub).exists():
             shutil.copytree(src.parent / sub, tmp / "msrepro" / sub, ignore=ignore)
-    write_json(tmp / "code_version.json", code_version(src.parent))
+    atomic_write_json(tmp / "code_version.json", code_version(src.parent))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest
@@ -225,13 +219,13 @@ def prepare_run(run_dir: Path, graph: JobGraph, executor: str, profile: str | No
         raise ConfigError(f"run {run_dir} was submitted with preset '{old['preset']}', not '{graph.preset}'; "
                           f"choose another --run name")
     tables, code = list(dict.fromkeys([*old.get("tables", []), *graph.tables])), code_version()
-    write_json(run_dir / "run.json", {"name": run_dir.name, "preset": graph.preset, "tables": tables,
+    atomic_write_json(run_dir / "run.json", {"name": run_dir.name, "preset": graph.preset, "tables": tables,
                                       "executor": executor, "profile": profile, "code_version": code,
                                       "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
     merged, new = read_json(run_dir / "graph.json") or {}, graph.to_dict()
     for key in ("rows", "cells", "steps"):
         new[key] = {**merged.get(key, {}), **new[key]}
-    write_json(run_dir / "graph.json", {**new, "tables": tables})
+    atomic_write_json(run_dir / "graph.json", {**new, "tables": tables})
     states = run_states(run_dir, list(graph.steps))
     for step in graph.steps.values():
         if states[step.id].state in ("done", "running", "queued"):
@@ -242,6 +236,6 @@ def prepare_run(run_dir: Path, graph: JobGraph, executor: str, profile: str | No
             spec.update(rows=graph.cells[step.key].rows, train=graph.cells[step.key].train)
         if step.kind == "prepare":  # the backbone whose prerequisite this is (the cell configs name it)
             spec["backbone"] = graph.cells[step.cells[0]].config.model.backbone
-        write_json(step_dir(run_dir, step.id) / SPEC, spec)
+        atomic_write_json(step_dir(run_dir, step.id) / SPEC, spec)
         (step_dir(run_dir, step.id) / FAILED).unlink(missing_ok=True)  # submitted again
     return states

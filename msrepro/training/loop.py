@@ -21,9 +21,11 @@ from omegaconf import DictConfig
 from msrepro.config import ConfigError, merge, resolve_config, schema, to_dict, to_yaml
 from msrepro.io import append_jsonl, atomic_write_text, code_version
 from msrepro.losses import denoising_loss
-from msrepro.training import distributed as D
-from msrepro.training import setup as S
 from msrepro.training.augment import augment
+from msrepro.training.builders import (build_early_stopping, build_model, build_optimizer, check_training,
+                                       heldout_images, learning_rate, noise_setup, pick_device, seed_for)
+from msrepro.training.distributed import (DistInfo, any_rank, average_gradients, barrier, init_distributed,
+                                          mean_over_ranks)
 from msrepro.training.ema import EMA, edm_decay, score_sde_decay
 from msrepro.training.heldout import heldout_losses, heldout_set
 from msrepro.training.signals import Preempted, catch_preemption
@@ -74,22 +76,22 @@ def check_same_run(run_dir: Path, cfg: DictConfig) -> None:
 class Trainer:
     """One training run: model, EMA, optimizer, density and policy, data, held-out set, early stopping."""
 
-    def __init__(self, cfg: DictConfig, info: D.DistInfo) -> None:
+    def __init__(self, cfg: DictConfig, info: DistInfo) -> None:
         self.cfg, self.info = cfg, info
-        self.device = S.pick_device(cfg.device, info)
+        self.device = pick_device(cfg.device, info)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.run_dir = run_dir_of(cfg)
-        self.model = S.build_model(cfg, self.device)
+        self.model = build_model(cfg, self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.ema = EMA(self.model) if cfg.train.ema_decay is not None or cfg.train.ema_halflife_kimg else None
-        self.opt = S.build_optimizer(cfg, self.params)
-        self.density, self.policy = S.noise_setup(cfg, self.model)
+        self.opt = build_optimizer(cfg, self.params)
+        self.density, self.policy = noise_setup(cfg, self.model)
         self.policy.world_size = info.world_size
         self.num_stages = self.policy.num_stages
-        self.es = S.build_early_stopping(cfg.train.early_stopping, self.num_stages, cfg.model.variant)
+        self.es = build_early_stopping(cfg.train.early_stopping, self.num_stages, cfg.model.variant)
         self.dataset = self._dataset()
-        self.heldout = heldout_set(S.heldout_images(cfg), self.policy, S.seed_for(cfg.seed, "heldout"))
+        self.heldout = heldout_set(heldout_images(cfg), self.policy, seed_for(cfg.seed, "heldout"))
         self.step, self.wall_s, self.images = 0, 0.0, 0
         self.stage_counts = [0] * self.num_stages
         self.last_metrics: dict[str, Any] = {}
@@ -105,16 +107,16 @@ class Trainer:
     def permutation(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perm:
             self._perm = {epoch: torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(
-                S.seed_for(self.cfg.seed, "epoch", epoch)))}
+                seed_for(self.cfg.seed, "epoch", epoch)))}
         return self._perm[epoch]
 
     def global_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, Any, dict]:
         """(x0, noise, StageBatch, network conditioning) of the global batch of ``step`` (identical on every rank)."""
         n, size = len(self.dataset), self.cfg.train.batch_size
-        torch.manual_seed(S.seed_for(self.cfg.seed, "data", step))  # the dataset's own flips
+        torch.manual_seed(seed_for(self.cfg.seed, "data", step))  # the dataset's own flips
         x0 = torch.stack([self.dataset[int(self.permutation(i // n)[i % n])]
                           for i in range(step * size, (step + 1) * size)])
-        g = torch.Generator().manual_seed(S.seed_for(self.cfg.seed, "noise", step))
+        g = torch.Generator().manual_seed(seed_for(self.cfg.seed, "noise", step))
         active = self.es.active() if self.es is not None else None
         sb = self.policy.draw(size, g, g, active)
         noise = torch.randn(x0.shape, generator=g)
@@ -128,16 +130,16 @@ class Trainer:
         x0, noise, sb, cond = self.global_batch(step)
         per = self.cfg.train.batch_size // self.info.world_size
         sl = slice(self.info.rank * per, (self.info.rank + 1) * per)
-        torch.manual_seed(S.seed_for(self.cfg.seed, "dropout", step, self.info.rank))
+        torch.manual_seed(seed_for(self.cfg.seed, "dropout", step, self.info.rank))
         for group in self.opt.param_groups:
-            group["lr"] = S.learning_rate(self.cfg, step)
+            group["lr"] = learning_rate(self.cfg, step)
         self.opt.zero_grad(set_to_none=True)
         dev = self.device
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"):
             loss = denoising_loss(self.model, x0[sl].to(dev), sb.sigma[sl].float().to(dev), noise[sl].to(dev),
                                   stage=sb.stage[sl].to(dev), **{k: v[sl].to(dev) for k, v in cond.items()}).mean()
         loss.backward()
-        D.average_gradients(self.params, self.info)
+        average_gradients(self.params, self.info)
         if self.cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_([p for p in self.params if p.grad is not None], self.cfg.train.grad_clip)
         self.opt.step()
@@ -160,7 +162,7 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Held-out losses of the raw (and EMA) weights; feeds early stopping; appended to metrics.jsonl."""
         bs, dev = max(64, self.cfg.train.batch_size), self.device
-        raw = D.mean_over_ranks(heldout_losses(self.model, self.heldout, bs, dev), self.info, dev)
+        raw = mean_over_ranks(heldout_losses(self.model, self.heldout, bs, dev), self.info, dev)
         rec: dict[str, Any] = {"kind": "heldout", "step": self.step, "heldout_loss": raw["all"],
                                "heldout_loss_stage": [raw[f"stage{k}"] for k in range(self.num_stages)]
                                if self.num_stages > 1 else [raw["all"]]}
@@ -191,7 +193,7 @@ class Trainer:
         path = None
         if self.info.is_main:
             path = save_and_prune(self.run_dir, self.step, state, self.cfg.train.keep_checkpoints)
-        D.barrier(self.info)
+        barrier(self.info)
         return path or latest_checkpoint(self.run_dir)
 
     def resume(self) -> bool:
@@ -269,14 +271,14 @@ class Trainer:
                     self.evaluate()
                 if self.due(t.checkpoint_every) and not self.finished():
                     self.save()
-                if D.any_rank(bool(flag), self.info, self.device):
+                if any_rank(bool(flag), self.info, self.device):
                     raise Preempted(self.step, self.save())
         return self.finish()
 
     def log_train(self, window: list[float], bar: Any) -> None:
         loss = sum(window) / max(1, len(window))
         bar.set_postfix(loss=f"{loss:.4f}")
-        self.log({"kind": "train", "step": self.step, "loss": loss, "lr": S.learning_rate(self.cfg, self.step - 1),
+        self.log({"kind": "train", "step": self.step, "loss": loss, "lr": learning_rate(self.cfg, self.step - 1),
                   "ema_beta": self.ema_beta(self.step - 1) if self.ema is not None else None,
                   "stage_counts": list(self.stage_counts), "images": self.images})
 
@@ -291,7 +293,7 @@ class Trainer:
         return TrainResult(self.run_dir, Path(last), self.step, metrics)
 
 
-def prepare_run_dir(cfg: DictConfig, info: D.DistInfo, fresh: bool = False) -> Path:
+def prepare_run_dir(cfg: DictConfig, info: DistInfo, fresh: bool = False) -> Path:
     """Create (or, with ``fresh``, clear) the run directory and write the resolved config.yaml."""
     import shutil
 
@@ -300,7 +302,7 @@ def prepare_run_dir(cfg: DictConfig, info: D.DistInfo, fresh: bool = False) -> P
         for sub in ("checkpoints", "metrics.jsonl", "config.yaml"):
             p = run_dir / sub
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    D.barrier(info)
+    barrier(info)
     check_same_run(run_dir, cfg)
     if info.is_main:
         atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
@@ -313,8 +315,8 @@ def train(cfg: DictConfig, *, progress: bool = True, fresh: bool = False, resume
 
     Raises :class:`Preempted` after saving a checkpoint on SIGTERM/SIGUSR2. Data-parallel under torchrun/submitit.
     """
-    info = D.init_distributed(S.pick_device(cfg.device, D.DistInfo()).type)
-    S.check_training(cfg, info.world_size)
+    info = init_distributed(pick_device(cfg.device, DistInfo()).type)
+    check_training(cfg, info.world_size)
     if resume and latest_checkpoint(run_dir_of(cfg)) is None:
         raise ConfigError(f"--resume: no checkpoint in {run_dir_of(cfg) / 'checkpoints'}")
     if not fresh:
