@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from msrepro.io import atomic_write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("train", "ddp", "fid", "od")
 NO_CUDA = ("gpu_acceptance: no CUDA device (torch.cuda.is_available() is False); this script checks the GPU paths. "
@@ -46,7 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "results/bench/gpu.txt")
     p.add_argument("--only", default=",".join(STAGES), help=f"comma-separated stages to run (of {','.join(STAGES)})")
     p.add_argument("--workdir", type=Path, default=None, help="run directories (default: a temporary folder)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = sorted(set(args.only.split(",")) - set(STAGES))
+    if unknown:
+        p.error(f"unknown stage(s) {', '.join(unknown)} in --only; valid stages: {', '.join(STAGES)}")
+    return args
 
 
 def sizes(dry: bool, args: argparse.Namespace) -> dict:
@@ -196,8 +202,7 @@ def main(argv=None) -> int:
                                                                   else "all stages passed"))
     print(out[-1])
     if not args.cpu_dry_run:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(out) + "\n")
+        atomic_write_text(args.out, "\n".join(out) + "\n")
         print(f"wrote {args.out}")
     if failed:
         print(f"gpu_acceptance: FAILED stage(s): {', '.join(failed)}", file=sys.stderr)

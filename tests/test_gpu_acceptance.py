@@ -47,3 +47,10 @@ def test_broken_stage_fails_naming_it():
     assert proc.returncode != 0
     assert "stage train: ok" in proc.stdout and "stage od: FAILED" in proc.stdout
     assert "FAILED stage(s): od" in proc.stderr
+
+
+def test_unknown_stage_is_rejected_naming_the_valid_ones():
+    proc = run("--cpu-dry-run", "--only", "train,fdi")
+    assert proc.returncode == 2
+    assert "unknown stage(s) fdi" in proc.stderr and "train, ddp, fid, od" in proc.stderr
+    assert "stage train" not in proc.stdout  # rejected before any stage ran
