@@ -8,8 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from msrepro.config import ConfigError
-from msrepro.launch.plan import PRESETS, cell_key, config_hash, load_table, plan, row_config, select_tables, \
-    table_names
+from msrepro.launch.plan import cell_key, config_hash, plan, row_config
+from msrepro.paper_tables import PRESETS, load_table, select_tables, table_names
 from msrepro.registry import BACKBONES
 
 
@@ -126,7 +126,7 @@ def test_quoted_rows_are_not_run_and_every_builtin_row_is(smoke):
 def _one_row_table(tmp_path, backbone: str) -> str:
     import yaml
 
-    from msrepro.launch.plan import experiments_dir
+    from msrepro.paper_tables import experiments_dir
 
     table = yaml.safe_load((experiments_dir() / "table3.yaml").read_text())
     table["rows"] = [{**table["rows"][0], "id": "mine", "backbone": backbone}]
@@ -194,7 +194,7 @@ def test_a_cluster_step_that_cannot_meet_its_k_fails_the_plan(tmp_path):
     before anything is queued; the message names the row, the key and the valid range."""
     import yaml
 
-    from msrepro.launch.plan import experiments_dir
+    from msrepro.paper_tables import experiments_dir
 
     table = yaml.safe_load((experiments_dir() / "table4.yaml").read_text())
     row = {**table["rows"][1], "id": "snr_k6"}

@@ -9,7 +9,8 @@ import pytest
 
 from msrepro.cli import main
 from msrepro.flops import step_flops
-from msrepro.launch.execution import load_profile, parse_time, plan_groups
+from msrepro.launch.execution import plan_groups
+from msrepro.profiles import load_profile, parse_time
 from msrepro.launch.plan import plan
 from msrepro.launch.results import array_plan
 from msrepro.launch.run_folder import StepState

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from msrepro.cli import main
-from msrepro.launch.plan import load_table
+from msrepro.paper_tables import load_table
 from msrepro.launch.results import Run, render, write_tables
 
 

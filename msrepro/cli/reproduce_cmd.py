@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from msrepro.launch.execution import submit
-    from msrepro.launch.plan import select_tables
+    from msrepro.paper_tables import select_tables
     from msrepro.launch.results import Run, copy_run_results, quality_vs_iterations, render, write_readme, \
         write_tables
     from msrepro.launch.run_folder import read_json

@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msrepro.launch.plan import select_tables
+    from msrepro.paper_tables import select_tables
     from msrepro.launch.results import Run, render, write_tables
     from msrepro.launch.run_folder import resolve_run
 

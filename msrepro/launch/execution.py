@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,6 @@ from typing import Any, Callable
 
 import submitit
 import torch
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -41,96 +39,17 @@ from msrepro.flops import accounting
 from msrepro.generation import generate, save_grid
 from msrepro.io import atomic_write_json, code_version
 from msrepro.launch.plan import KINDS, JobGraph, Step, plan, unified_reference
-from msrepro.launch.run_folder import DONE, FAILED, SPEC, StepState, cell_path, prepare_run, read_json, \
-    record_job, snapshot_code, step_dir
+from msrepro.launch.run_folder import CLAIM, DONE, FAILED, SPEC, StepState, cell_path, finished, last_job, \
+    prepare_run, read_json, record_job, snapshot_code, step_dir
 from msrepro.models import data_shape, get_backbone
+from msrepro.profiles import JobResources, Profile, load_profile
 from msrepro.training.signals import Preempted
 
 EXECUTORS: tuple[str, ...] = ("debug", "local", "slurm")
 GRID_IMAGES = 16  # samples in each cell's grid (results/<run>/grids)
 
 
-# -- profiles -----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class JobResources:
-    gpus: int = 0
-    cpus: int = 1
-    mem_gb: float = 4.0
-    time: str = "01:00:00"
-    nodes: int = 1
-
-    @property
-    def timeout_min(self) -> int:
-        return parse_time(self.time)
-
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    partition: str
-    account: str | None = None
-    qos: str | None = None
-    max_array_size: int = 1000
-    array_parallelism: int = 64
-    max_timeouts: int = 10
-    signal_delay_s: int = 90
-    setup: tuple[str, ...] = ()
-    additional: dict[str, Any] = field(default_factory=dict)
-    estimate: dict[str, float] = field(default_factory=lambda: {"gpu_tflops": 100.0, "utilization": 0.3})
-    jobs: dict[str, JobResources] = field(default_factory=dict)
-
-    def resources(self, kind: str) -> JobResources:
-        return self.jobs.get(kind, JobResources())
-
-
-def parse_time(value: str | int) -> int:
-    """SLURM time ``[D-]HH:MM:SS`` / ``MM:SS`` / minutes -> whole minutes."""
-    if isinstance(value, int):
-        return value
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(value).strip())
-    if not m:
-        raise ConfigError(f"time limit '{value}': use D-HH:MM:SS, HH:MM:SS, MM:SS or minutes")
-    d, a, b, c = (int(x) if x else None for x in m.groups())
-    minutes = a if b is None else a + (b > 0) if c is None else a * 60 + b + (c > 0)  # seconds round up
-    return (d or 0) * 1440 + minutes
-
-
-def profile_dirs() -> list[Path]:
-    """Where ``--profile NAME`` is looked up: ./slurm/profiles, then the source checkout's slurm/profiles."""
-    here = Path(__file__).resolve().parent.parent.parent / "slurm" / "profiles"
-    return list(dict.fromkeys([Path("slurm/profiles").resolve(), here]))
-
-
-def load_profile(name_or_path: str) -> Profile:
-    """A profile by name (``slurm/profiles/NAME.yaml``) or path; errors list the valid names and keys."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        found = [d / f"{name_or_path}.yaml" for d in profile_dirs() if (d / f"{name_or_path}.yaml").is_file()]
-        if not found:
-            names = sorted({p.stem for d in profile_dirs() for p in d.glob("*.yaml")})
-            raise ConfigError(f"unknown profile '{name_or_path}'; valid profiles: {', '.join(names)} (or a path to "
-                              f"a YAML file)")
-        path = found[0]
-    data, where = yaml.safe_load(path.read_text()) or {}, f"profile {path}"
-    top = {f for f in Profile.__dataclass_fields__ if f != "name"}
-    if set(data) - top:
-        raise ConfigError(f"{where}: unknown keys {sorted(set(data) - top)}; allowed: {', '.join(sorted(top))}")
-    if not data.get("partition"):
-        raise ConfigError(f"{where}: 'partition' is required (the SLURM partition jobs go to)")
-    jobs, keys = {}, set(JobResources.__dataclass_fields__)
-    for kind, res in (data.get("jobs") or {}).items():
-        if kind not in KINDS:
-            raise ConfigError(f"{where}: jobs.{kind}: unknown job kind; valid: {', '.join(KINDS)}")
-        if set(res or {}) - keys:
-            raise ConfigError(f"{where}: jobs.{kind}: unknown keys {sorted(set(res) - keys)}; allowed: "
-                              f"{', '.join(sorted(keys))}")
-        jobs[kind] = JobResources(**(res or {}))
-        parse_time(jobs[kind].time)
-    return Profile(**{**data, "name": path.stem, "partition": str(data["partition"]), "jobs": jobs,
-                      "setup": tuple(data.get("setup") or ()), "additional": dict(data.get("additional") or {}),
-                      "estimate": {"gpu_tflops": 100.0, "utilization": 0.3, **(data.get("estimate") or {})}})
-
-
+# -- executors ----------------------------------------------------------------------------------------------------
 def default_profile() -> Profile:
     """Resources for the local and debug executors: one CPU per job, no GPU, no time limit worth naming."""
     return Profile(name="local-default", partition="local", estimate={"gpu_tflops": 0.05, "utilization": 1.0},
@@ -138,9 +57,10 @@ def default_profile() -> Profile:
 
 
 def resolve_profile(executor: str, profile: str | None) -> Profile:
+    """``--profile`` (validated against the step kinds), else ``local.yaml`` for SLURM and one CPU per job here."""
     if profile is not None:
-        return load_profile(profile)
-    return load_profile("local") if executor == "slurm" else default_profile()
+        return load_profile(profile, KINDS)
+    return load_profile("local", KINDS) if executor == "slurm" else default_profile()
 
 
 def default_executor() -> str:
@@ -396,64 +316,97 @@ def submit_slurm(run_dir: Path, graph: JobGraph, todo: set[str], states: dict[st
     return out
 
 
-def _finished(run_dir: Path, sid: str) -> str | None:
-    d = step_dir(run_dir, sid)
-    return "done" if (d / DONE).is_file() else "failed" if (d / FAILED).is_file() else None
+class StepWorker:
+    """A local or debug job: takes the next step of ``step_ids`` (topological order) whose upstream steps are done,
+    runs it, and repeats until none is left, so a process imports torch once, not once per step. Workers share a
+    run through claim files (the first to create one takes the step). A step whose upstream failed is failed too;
+    in debug, the first failure is re-raised."""
+
+    def __init__(self, run_dir: str, step_ids: list[str], executor: str, threads: int = 1) -> None:
+        self.run_dir, self.step_ids, self.executor, self.threads = str(run_dir), list(step_ids), executor, threads
+
+    def __call__(self) -> int:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        run_dir, ran = Path(self.run_dir), 0
+        deps = {s: (read_json(step_dir(run_dir, s) / SPEC) or {}).get("deps", []) for s in self.step_ids}
+        while free := [s for s in self.step_ids if not (step_dir(run_dir, s) / CLAIM).is_file()]:
+            ready = [s for s in free if all(finished(run_dir, d) == "done" for d in deps[s])
+                     or "failed" in [finished(run_dir, d) for d in deps[s]]]
+            sid = next((s for s in ready if self._claim(run_dir, s)), None)
+            if sid is None:
+                time.sleep(0.2)  # the free steps wait on steps other workers are running
+                continue
+            bad = [d for d in deps[sid] if finished(run_dir, d) == "failed"]
+            if bad:
+                atomic_write_json(step_dir(run_dir, sid) / FAILED, {"error": f"upstream step failed: {', '.join(bad)}"})
+                continue
+            try:
+                run_step(run_dir, sid)
+            except Exception as exc:  # failed.json holds the traceback; go on with the others
+                if self.executor == "debug":
+                    raise
+                print(f"step {sid} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            ran += 1
+        return ran  # every step is taken
+
+    def _claim(self, run_dir: Path, sid: str) -> bool:
+        try:
+            os.close(os.open(step_dir(run_dir, sid) / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        env = submitit.JobEnvironment()
+        logs = {} if self.executor == "debug" else {"stdout": str(env.paths.stdout), "stderr": str(env.paths.stderr)}
+        record_job(run_dir, sid, {"executor": self.executor, "job_id": env.job_id, **logs, "time": time.time()})
+        return True  # (debug: the output is this process's own)
 
 
 def run_here(run_dir: Path, graph: JobGraph, todo: set[str], cluster: str, profile: Profile, parallel: int = 1,
              snapshot: Path | None = None, progress: bool = True,
              on_finish: Callable[[str, str], None] | None = None) -> dict[str, str]:
-    """Local and debug: submit each step of ``todo`` once its dependencies are done, at most ``parallel`` at a time
-    (local: one-thread processes, so ``parallel`` = cores keeps every core busy; debug: in this process, which
-    stops at the first failure), and wait. Returns ``{step: done|failed|blocked}``."""
-    pending = [s for s in graph.steps if s in todo]
-    running: dict[str, submitit.Job] = {}
-    final: dict[str, str] = {}
-    threads = 0 if cluster == "debug" else 1
-    bar = tqdm(total=len(pending), desc="steps", unit="step", disable=not progress)
-
-    def finish(sid: str, state: str) -> None:
-        final[sid] = state
-        bar.update(1)
-        bar.set_postfix(failed=sum(v == "failed" for v in final.values()), refresh=False)
-        if on_finish:
-            on_finish(sid, state)
-
+    """Local and debug: ``parallel`` :class:`StepWorker` jobs run the steps of ``todo`` (local: one-thread processes,
+    so ``parallel`` = cores keeps every core busy; debug: one, in this process, stopping at the first failure); this
+    process follows the run folder and the workers' job objects. Returns ``{step: done|failed|blocked}`` (blocked:
+    waits on a step outside ``todo`` that is not done)."""
+    runnable: list[str] = []
+    for sid, step in graph.steps.items():  # topological order
+        if sid in todo and all(d in runnable or finished(run_dir, d) == "done" for d in step.deps):
+            runnable.append(sid)
+    final = {sid: "blocked" for sid in graph.steps if sid in todo and sid not in runnable}
+    bar = tqdm(total=len(todo), desc="steps", unit="step", disable=not progress)
+    ex = make_executor(cluster, run_dir, profile, "train", snapshot=snapshot)
+    ex.update_parameters(timeout_min=sum(profile.resources(graph.steps[s].kind).timeout_min for s in runnable))
+    worker = StepWorker(str(run_dir.resolve()), runnable, cluster, threads=0 if cluster == "debug" else 1)
+    workers = 0 if not runnable else 1 if cluster == "debug" else min(max(1, parallel), len(runnable))
+    jobs = [ex.submit(worker) for _ in range(workers)]
     try:
-        while pending or running:
-            for sid in list(pending):
-                deps = [final.get(d) or _finished(run_dir, d) for d in graph.steps[sid].deps]
-                if "failed" in deps or "blocked" in deps:
-                    bad = [d for d, s in zip(graph.steps[sid].deps, deps) if s in ("failed", "blocked")]
-                    atomic_write_json(step_dir(run_dir, sid) / FAILED,
-                                      {"error": f"upstream step failed: {', '.join(bad)}"})
-                    pending.remove(sid)
-                    finish(sid, "failed")
-                elif all(d == "done" for d in deps) and len(running) < max(1, parallel):
-                    step = graph.steps[sid]
-                    ex = make_executor(cluster, run_dir, profile, step.kind, snapshot=snapshot)
-                    running[sid] = ex.submit(StepJob(str(run_dir.resolve()), threads), sid)
-                    _record(run_dir, step, running[sid], cluster)
-                    pending.remove(sid)
-            if not running:
-                for sid in pending:  # waiting on steps outside this submission that are not done
-                    finish(sid, "blocked")
+        while True:
+            ended = [job for job in jobs if job.done()]  # debug: runs the worker here; re-raises its first failure
+            for job in ended:  # steps a worker took and left without a result (it died): failed, never waited on
+                for sid in runnable:
+                    if finished(run_dir, sid) is None and (last_job(run_dir, sid) or {}).get("job_id") == job.job_id:
+                        print(f"step {sid}: job {job.job_id} died; log: {job.paths.stderr}", file=sys.stderr)
+                        atomic_write_json(step_dir(run_dir, sid) / FAILED, {"error": f"job {job.job_id} died"})
+            for sid in runnable:
+                if sid not in final and finished(run_dir, sid):
+                    final[sid] = finished(run_dir, sid)
+                    bar.update(1)
+                    bar.set_postfix(failed=sum(v == "failed" for v in final.values()), refresh=False)
+                    if on_finish:
+                        on_finish(sid, final[sid])
+            if len(ended) == len(jobs):
                 break
-            for sid, job in list(running.items()):
-                if job.done():  # debug: runs the step here, and re-raises its error (after submitit's pdb)
-                    del running[sid]
-                    if job.exception() is not None and _finished(run_dir, sid) is None:
-                        print(f"step {sid}: job {job.job_id} failed; log: {job.paths.stderr}", file=sys.stderr)
-                    finish(sid, _finished(run_dir, sid) or "failed")
-            time.sleep(0 if cluster == "debug" else 0.5)
-    except BaseException:  # interrupted: take the jobs down with this process
-        for job in running.values():
+            time.sleep(0.5)
+    except BaseException:  # interrupted: take the workers down with this process
+        for job in jobs:
             job.cancel(check=False)
         raise
     finally:
         bar.close()
-    return final
+    for sid in final:
+        if final[sid] == "blocked" and on_finish:
+            on_finish(sid, "blocked")
+    return {**final, **{s: "failed" for s in runnable if s not in final}}
 
 
 @dataclass

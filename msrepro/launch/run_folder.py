@@ -29,11 +29,10 @@ from msrepro.config import ConfigError, to_dict
 from msrepro.io import append_jsonl, atomic_write_json, code_version
 from msrepro.launch.plan import JobGraph
 
-DONE, FAILED, SPEC, JOBS = "done.json", "failed.json", "spec.json", "jobs.jsonl"
+DONE, FAILED, SPEC, JOBS, CLAIM = "done.json", "failed.json", "spec.json", "jobs.jsonl", "claim"
 QUEUED = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "STOPPED",
           "SIGNALING", "READY"}
 RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT"}
-STATES = ("done", "failed", "running", "queued", "missing")
 
 
 def step_dir(run_dir: Path, step_id: str) -> Path:
@@ -49,6 +48,12 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+def finished(run_dir: Path, step_id: str) -> str | None:
+    """``done`` / ``failed`` by the step's files, None while it has neither."""
+    d = step_dir(run_dir, step_id)
+    return "done" if (d / DONE).is_file() else "failed" if (d / FAILED).is_file() else None
 
 
 def record_job(run_dir: Path, step_id: str, record: dict[str, Any]) -> None:
@@ -237,5 +242,6 @@ def prepare_run(run_dir: Path, graph: JobGraph, executor: str, profile: str | No
         if step.kind == "prepare":  # the backbone whose prerequisite this is (the cell configs name it)
             spec["backbone"] = graph.cells[step.cells[0]].config.model.backbone
         atomic_write_json(step_dir(run_dir, step.id) / SPEC, spec)
-        (step_dir(run_dir, step.id) / FAILED).unlink(missing_ok=True)  # submitted again
+        for stale in (FAILED, CLAIM):  # submitted again
+            (step_dir(run_dir, step.id) / stale).unlink(missing_ok=True)
     return states

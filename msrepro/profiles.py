@@ -1,0 +1,96 @@
+"""Cluster profiles (``slurm/profiles/*.yaml``): where jobs go and what each job kind gets, loaded and validated
+like a run config (:mod:`msrepro.runconfig`), before anything is submitted. The launcher reads them; they know
+nothing of it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from msrepro.config import ConfigError
+
+
+@dataclass(frozen=True)
+class JobResources:
+    gpus: int = 0
+    cpus: int = 1
+    mem_gb: float = 4.0
+    time: str = "01:00:00"
+    nodes: int = 1
+
+    @property
+    def timeout_min(self) -> int:
+        return parse_time(self.time)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    partition: str
+    account: str | None = None
+    qos: str | None = None
+    max_array_size: int = 1000
+    array_parallelism: int = 64
+    max_timeouts: int = 10
+    signal_delay_s: int = 90
+    setup: tuple[str, ...] = ()
+    additional: dict[str, Any] = field(default_factory=dict)
+    estimate: dict[str, float] = field(default_factory=lambda: {"gpu_tflops": 100.0, "utilization": 0.3})
+    jobs: dict[str, JobResources] = field(default_factory=dict)  # by job kind
+
+    def resources(self, kind: str) -> JobResources:
+        return self.jobs.get(kind, JobResources())
+
+
+def parse_time(value: str | int) -> int:
+    """SLURM time ``[D-]HH:MM:SS`` / ``MM:SS`` / minutes -> whole minutes."""
+    if isinstance(value, int):
+        return value
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(value).strip())
+    if not m:
+        raise ConfigError(f"time limit '{value}': use D-HH:MM:SS, HH:MM:SS, MM:SS or minutes")
+    d, a, b, c = (int(x) if x else None for x in m.groups())
+    minutes = a if b is None else a + (b > 0) if c is None else a * 60 + b + (c > 0)  # seconds round up
+    return (d or 0) * 1440 + minutes
+
+
+def profile_dirs() -> list[Path]:
+    """Where ``--profile NAME`` is looked up: ./slurm/profiles, then the source checkout's slurm/profiles."""
+    here = Path(__file__).resolve().parent.parent / "slurm" / "profiles"
+    return list(dict.fromkeys([Path("slurm/profiles").resolve(), here]))
+
+
+def load_profile(name_or_path: str, kinds: tuple[str, ...] | None = None) -> Profile:
+    """A profile by name (``slurm/profiles/NAME.yaml``) or path; errors list the valid names and keys (and, with
+    ``kinds``, the valid job kinds)."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        found = [d / f"{name_or_path}.yaml" for d in profile_dirs() if (d / f"{name_or_path}.yaml").is_file()]
+        if not found:
+            names = sorted({p.stem for d in profile_dirs() for p in d.glob("*.yaml")})
+            raise ConfigError(f"unknown profile '{name_or_path}'; valid profiles: {', '.join(names)} (or a path to "
+                              f"a YAML file)")
+        path = found[0]
+    data, where = yaml.safe_load(path.read_text()) or {}, f"profile {path}"
+    top = {f for f in Profile.__dataclass_fields__ if f != "name"}
+    if set(data) - top:
+        raise ConfigError(f"{where}: unknown keys {sorted(set(data) - top)}; allowed: {', '.join(sorted(top))}")
+    if not data.get("partition"):
+        raise ConfigError(f"{where}: 'partition' is required (the SLURM partition jobs go to)")
+    jobs, keys = {}, set(JobResources.__dataclass_fields__)
+    for kind, res in (data.get("jobs") or {}).items():
+        if kinds is not None and kind not in kinds:
+            raise ConfigError(f"{where}: jobs.{kind}: unknown job kind; valid: {', '.join(kinds)}")
+        if set(res or {}) - keys:
+            raise ConfigError(f"{where}: jobs.{kind}: unknown keys {sorted(set(res) - keys)}; allowed: "
+                              f"{', '.join(sorted(keys))}")
+        jobs[kind] = JobResources(**(res or {}))
+        parse_time(jobs[kind].time)
+    return Profile(**{**data, "name": path.stem, "partition": str(data["partition"]), "jobs": jobs,
+                      "setup": tuple(data.get("setup") or ()), "additional": dict(data.get("additional") or {}),
+                      "estimate": {"gpu_tflops": 100.0, "utilization": 0.3, **(data.get("estimate") or {})}})
