@@ -1,9 +1,10 @@
-"""Atomic file writes and run provenance (git commit, dirty flag)."""
+"""Atomic file writes and run provenance (git commit, dirty flag, a frozen copy of the code)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -57,3 +58,20 @@ def code_version(repo: str | Path | None = None) -> dict[str, Any]:
         from importlib.metadata import version
 
         return {"git_commit": None, "git_dirty": None, "package_version": version("msrepro")}
+
+
+def snapshot_package(dest: str | Path) -> Path:
+    """Copy the msrepro package (with its backbones and registry, laid out as installed) and its code version to
+    ``dest``: jobs that import this frozen copy run the code as it was when they were queued."""
+    src, dest = Path(__file__).resolve().parent, Path(dest)
+    tmp = dest.with_name(f".{dest.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    shutil.copytree(src, tmp / "msrepro", ignore=ignore)
+    for sub in ("backbones", "registry"):  # package-dir mapping of pyproject.toml (editable checkout)
+        if (src.parent / sub / "__init__.py").is_file() and not (tmp / "msrepro" / sub).exists():
+            shutil.copytree(src.parent / sub, tmp / "msrepro" / sub, ignore=ignore)
+    atomic_write_json(tmp / "code_version.json", code_version(src.parent))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest

@@ -1,8 +1,9 @@
 """The paper's tables (``registry/experiments/table*.yaml``) as data: columns, rows, each row's config per preset
 and the paper's numbers. A *run row* names a backbone, config overrides shared by all presets and the overrides of
 each preset (``full`` = the paper, ``tiny`` = digits at meaningful scale, ``smoke`` = seconds per job); a *quoted
-row* (literature baselines) only carries the paper's numbers. The launcher plans run rows
-(:mod:`msrepro.launch.plan`) and fills the tables from their results (:mod:`msrepro.launch.results`).
+row* (literature baselines) only carries the paper's numbers. A run row's config is: schema < backbone preset < row
+``config`` < row preset, validated like any run config. The launcher plans run rows (:mod:`msrepro.launch.plan`)
+and fills the tables from their results (:mod:`msrepro.launch.results`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
 
 import msrepro.registry
-from msrepro.config import ConfigError
+from msrepro._builtins import BUILTIN_BACKBONES
+from msrepro.config import ConfigError, merge, normalize_unified, preset_overrides, schema
+from msrepro.registry import BACKBONES, plugin_failures
+from msrepro.runconfig import validate_run_config
 
 PRESETS: tuple[str, ...] = ("full", "tiny", "smoke")
 #: what a table column can show; see msrepro.launch.results for how each is read from a cell result
@@ -121,3 +126,33 @@ def check_preset(preset: str) -> str:
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}")
     return preset
+
+
+def row_config(row: Row, preset: str, *, validate: bool = True) -> DictConfig:
+    """The resolved run config of a run row at ``preset``: schema < backbone preset < row config < row preset."""
+    where = f"{row.ref} ({check_preset(preset)})"
+    cfg = merge(schema(), preset_overrides(row.backbone, preset), where=f"{where}: backbone preset")
+    cfg = merge(cfg, OmegaConf.create(row.config), where=f"{where}: config")
+    cfg = merge(cfg, OmegaConf.create(row.presets.get(preset) or {}), where=f"{where}: presets.{preset}")
+    cfg = normalize_unified(cfg)  # the same canonical form as load_config: equal models hash equal
+    if validate:
+        try:
+            validate_run_config(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return cfg
+
+
+def backbone_installed(name: str) -> bool:
+    """Whether backbone ``name`` is registered. A plugin that failed to import, or a missing built-in one, is a
+    ConfigError naming the cause; an outside backbone that is simply not installed is False (rows skipped)."""
+    if name in BACKBONES:
+        return True
+    for f in plugin_failures():
+        if f.group == BACKBONES.entry_point_group and f.name == name:
+            raise ConfigError(f"backbone '{name}' ({f.value}) failed to import: {f.error}; fix that installation "
+                              f"(msrepro list backbones shows it)")
+    if name in BUILTIN_BACKBONES:
+        raise ConfigError(f"built-in backbone '{name}' is not registered: msrepro's entry point "
+                          f"{name} = {BUILTIN_BACKBONES[name]} is missing; reinstall msrepro (pip install -e .)")
+    return False

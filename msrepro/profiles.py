@@ -1,11 +1,13 @@
-"""Cluster profiles (``slurm/profiles/*.yaml``): where jobs go and what each job kind gets, loaded and validated
-like a run config (:mod:`msrepro.runconfig`), before anything is submitted. The launcher reads them; they know
-nothing of it.
+"""Where jobs run: the executor (``debug``, ``local``, ``slurm``) and the cluster profile (``slurm/profiles/*.yaml``:
+partition, account, qos, resources per job kind, setup lines), checked like a run config (:mod:`msrepro.runconfig`)
+before anything is submitted, with errors that list the valid names and keys. The launcher reads them.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,10 @@ from typing import Any
 import yaml
 
 from msrepro.config import ConfigError
+
+EXECUTORS: tuple[str, ...] = ("debug", "local", "slurm")
+#: the job kinds a profile gives resources to: the launcher's steps (:mod:`msrepro.launch.plan`)
+KINDS: tuple[str, ...] = ("prepare", "cluster", "train", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -65,9 +71,8 @@ def profile_dirs() -> list[Path]:
     return list(dict.fromkeys([Path("slurm/profiles").resolve(), here]))
 
 
-def load_profile(name_or_path: str, kinds: tuple[str, ...] | None = None) -> Profile:
-    """A profile by name (``slurm/profiles/NAME.yaml``) or path; errors list the valid names and keys (and, with
-    ``kinds``, the valid job kinds)."""
+def load_profile(name_or_path: str) -> Profile:
+    """A profile by name (``slurm/profiles/NAME.yaml``) or path; errors list the valid names, keys and job kinds."""
     path = Path(name_or_path)
     if not path.is_file():
         found = [d / f"{name_or_path}.yaml" for d in profile_dirs() if (d / f"{name_or_path}.yaml").is_file()]
@@ -84,8 +89,8 @@ def load_profile(name_or_path: str, kinds: tuple[str, ...] | None = None) -> Pro
         raise ConfigError(f"{where}: 'partition' is required (the SLURM partition jobs go to)")
     jobs, keys = {}, set(JobResources.__dataclass_fields__)
     for kind, res in (data.get("jobs") or {}).items():
-        if kinds is not None and kind not in kinds:
-            raise ConfigError(f"{where}: jobs.{kind}: unknown job kind; valid: {', '.join(kinds)}")
+        if kind not in KINDS:
+            raise ConfigError(f"{where}: jobs.{kind}: unknown job kind; valid: {', '.join(KINDS)}")
         if set(res or {}) - keys:
             raise ConfigError(f"{where}: jobs.{kind}: unknown keys {sorted(set(res) - keys)}; allowed: "
                               f"{', '.join(sorted(keys))}")
@@ -94,3 +99,37 @@ def load_profile(name_or_path: str, kinds: tuple[str, ...] | None = None) -> Pro
     return Profile(**{**data, "name": path.stem, "partition": str(data["partition"]), "jobs": jobs,
                       "setup": tuple(data.get("setup") or ()), "additional": dict(data.get("additional") or {}),
                       "estimate": {"gpu_tflops": 100.0, "utilization": 0.3, **(data.get("estimate") or {})}})
+
+
+def default_profile() -> Profile:
+    """Resources for the local and debug executors: one CPU per job, no GPU, no time limit worth naming."""
+    return Profile(name="local-default", partition="local", estimate={"gpu_tflops": 0.05, "utilization": 1.0},
+                   jobs={k: JobResources(gpus=0, cpus=1, mem_gb=2, time="24:00:00") for k in KINDS})
+
+
+def resolve_profile(executor: str, profile: str | None) -> Profile:
+    """``--profile``, else ``local.yaml`` for SLURM and :func:`default_profile` for the local and debug executors."""
+    if profile is not None:
+        return load_profile(profile)
+    return load_profile("local") if executor == "slurm" else default_profile()
+
+
+def default_executor() -> str:
+    """``slurm`` where ``sbatch`` is on PATH and a controller answers, else ``local``."""
+    if shutil.which("sbatch") and shutil.which("sinfo"):
+        try:
+            if subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0:
+                return "slurm"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return "local"
+
+
+def check_executor(name: str, *, available: bool = True) -> str:
+    """A valid executor name; with ``available``, SLURM must also be reachable (sbatch on PATH)."""
+    if name not in EXECUTORS:
+        raise ConfigError(f"unknown executor '{name}'; valid executors: {', '.join(EXECUTORS)}")
+    if available and name == "slurm" and shutil.which("sbatch") is None:
+        raise ConfigError("executor 'slurm': sbatch not found on PATH (start slurm/start_cluster.sh or use --executor "
+                          "local)")
+    return name

@@ -8,8 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from msrepro.config import ConfigError
-from msrepro.launch.plan import cell_key, config_hash, plan, row_config
-from msrepro.paper_tables import PRESETS, load_table, select_tables, table_names
+from msrepro.launch.plan import cell_key, config_hash, plan
+from msrepro.paper_tables import PRESETS, load_table, row_config, select_tables, table_names
 from msrepro.registry import BACKBONES
 
 

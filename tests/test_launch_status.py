@@ -90,6 +90,7 @@ def test_resubmitting_runs_only_failed_and_missing_steps(tmp_path, monkeypatch):
     again."""
     from msrepro.launch import execution as E
     from msrepro.launch.plan import JobGraph, Step
+    from msrepro.profiles import default_profile
     from omegaconf import OmegaConf
 
     ran = []
@@ -111,7 +112,7 @@ def test_resubmitting_runs_only_failed_and_missing_steps(tmp_path, monkeypatch):
     def go():
         states = S.prepare_run(run_dir, graph, "debug", None)
         todo = {s for s, st in states.items() if st.state != "done"}
-        return E.run_here(run_dir, graph, todo, "debug", E.default_profile(), progress=False)
+        return E.run_here(run_dir, graph, todo, "debug", default_profile(), progress=False)
 
     with pytest.raises(RuntimeError):
         go()  # debug re-raises: the failure is recorded and the run stops there

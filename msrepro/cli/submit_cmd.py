@@ -24,9 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msrepro.launch.execution import check_executor, default_executor, resolve_profile, submit
+    from msrepro.launch.execution import submit
     from msrepro.launch.plan import plan
     from msrepro.launch.results import dry_run_text
+    from msrepro.profiles import check_executor, default_executor, resolve_profile
 
     executor = check_executor(args.executor, available=not args.dry_run) if args.executor else None
     if args.dry_run:

@@ -1,22 +1,17 @@
-"""Execution: what a step runs, and one submit path through submitit for ``debug``, ``local`` and ``slurm``.
+"""Execution: what a step runs, and one submit path through submitit's ``AutoExecutor`` (debug, local, slurm).
 
-Every step is submitted as :class:`StepJob` through :class:`submitit.AutoExecutor` (cluster ``debug``: in this
-process, ``local``: subprocesses, ``slurm``: sbatch). SLURM gets the whole graph at once: steps grouped by (depth,
-kind, upstream jobs) go out as one job array (``executor.batch()``, split at the profile's ``max_array_size``)
-whose ``afterok`` dependency names exactly the upstream jobs. Local and debug have no scheduler, so this process
-submits each step when its dependencies are done, ``parallel`` one-thread jobs at a time, and waits on submitit's
-job objects. Re-submitting a run submits only steps that are missing or failed. Queued SLURM and local jobs import
-a frozen copy of the code (``<run>/snapshot``, put first on PYTHONPATH by the jobs' setup lines).
-
-Cluster profiles (``slurm/profiles/*.yaml``: partition, account, qos, resources per step kind, setup lines) are
-validated before anything is submitted.
+SLURM gets the whole graph at once, a :class:`StepJob` per step: steps grouped by (depth, kind, upstream jobs) go
+out as one job array (``executor.batch()``, split at the profile's ``max_array_size``) whose ``afterok`` dependency
+names exactly the upstream jobs. Local and debug have no scheduler: ``parallel`` :class:`StepWorker` jobs take the
+steps whose upstream steps are done from the run folder until none is left. Re-submitting a run submits only steps
+that are missing or failed. Queued jobs import a frozen copy of the code (``<run>/snapshot``, put first on
+PYTHONPATH by the jobs' setup lines).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -33,55 +28,19 @@ from tqdm import tqdm
 from msrepro import training
 from msrepro.checkpoint import load_model
 from msrepro.clustering import fit_from_config
-from msrepro.config import ConfigError, merge, schema, to_dict
+from msrepro.config import merge, schema, to_dict
 from msrepro.evaluation import evaluate_checkpoint
 from msrepro.flops import accounting
 from msrepro.generation import generate, save_grid
-from msrepro.io import atomic_write_json, code_version
-from msrepro.launch.plan import KINDS, JobGraph, Step, plan, unified_reference
+from msrepro.io import atomic_write_json, code_version, snapshot_package
+from msrepro.launch.plan import JobGraph, Step, plan, unified_reference
 from msrepro.launch.run_folder import CLAIM, DONE, FAILED, SPEC, StepState, cell_path, finished, last_job, \
-    prepare_run, read_json, record_job, snapshot_code, step_dir
+    prepare_run, read_json, record_job, step_dir
 from msrepro.models import data_shape, get_backbone
-from msrepro.profiles import JobResources, Profile, load_profile
+from msrepro.profiles import Profile, check_executor, default_executor, resolve_profile
 from msrepro.training.signals import Preempted
 
-EXECUTORS: tuple[str, ...] = ("debug", "local", "slurm")
 GRID_IMAGES = 16  # samples in each cell's grid (results/<run>/grids)
-
-
-# -- executors ----------------------------------------------------------------------------------------------------
-def default_profile() -> Profile:
-    """Resources for the local and debug executors: one CPU per job, no GPU, no time limit worth naming."""
-    return Profile(name="local-default", partition="local", estimate={"gpu_tflops": 0.05, "utilization": 1.0},
-                   jobs={k: JobResources(gpus=0, cpus=1, mem_gb=2, time="24:00:00") for k in KINDS})
-
-
-def resolve_profile(executor: str, profile: str | None) -> Profile:
-    """``--profile`` (validated against the step kinds), else ``local.yaml`` for SLURM and one CPU per job here."""
-    if profile is not None:
-        return load_profile(profile, KINDS)
-    return load_profile("local", KINDS) if executor == "slurm" else default_profile()
-
-
-def default_executor() -> str:
-    """``slurm`` where ``sbatch`` is on PATH and a controller answers, else ``local``."""
-    if shutil.which("sbatch") and shutil.which("sinfo"):
-        try:
-            if subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0:
-                return "slurm"
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return "local"
-
-
-def check_executor(name: str, *, available: bool = True) -> str:
-    """A valid executor name; with ``available``, SLURM must also be reachable (sbatch on PATH)."""
-    if name not in EXECUTORS:
-        raise ConfigError(f"unknown executor '{name}'; valid executors: {', '.join(EXECUTORS)}")
-    if available and name == "slurm" and shutil.which("sbatch") is None:
-        raise ConfigError("executor 'slurm': sbatch not found on PATH (start slurm/start_cluster.sh or use --executor "
-                          "local)")
-    return name
 
 
 # -- the steps ------------------------------------------------------------------------------------------------
@@ -179,16 +138,10 @@ STEPS: dict[str, Callable[[Path, dict[str, Any], bool], dict[str, Any]]] = {
     "prepare": run_prepare, "cluster": run_cluster, "train": run_train, "evaluate": run_evaluate}
 
 
-def _rank() -> int:
-    try:
-        return submitit.JobEnvironment().global_rank
-    except RuntimeError:
-        return int(os.environ.get("RANK", 0))
-
-
 def run_step(run_dir: str | Path, step_id: str, progress: bool = False) -> dict[str, Any]:
     """Run one step from its ``spec.json``; writes ``done.json`` (or ``failed.json``) atomically, and for an
-    evaluate step the cell's result JSON. A step that is already done returns its result at once."""
+    evaluate step the cell's result JSON. A step that is already done returns its result at once. Runs inside a
+    submitit job (:class:`StepJob`, :class:`StepWorker`), whose task of rank 0 writes."""
     run_dir, d = Path(run_dir), step_dir(Path(run_dir), step_id)
     spec = read_json(d / SPEC)
     if spec is None:
@@ -196,18 +149,18 @@ def run_step(run_dir: str | Path, step_id: str, progress: bool = False) -> dict[
     if (d / DONE).is_file():
         return read_json(d / DONE)
     (d / FAILED).unlink(missing_ok=True)
-    t0 = time.time()
+    t0, rank0 = time.time(), submitit.JobEnvironment().global_rank == 0
     try:
         out = STEPS[spec["kind"]](run_dir, spec, progress)
     except (Preempted, KeyboardInterrupt, SystemExit):
         raise  # not a failure: the step resumes when it runs again
     except BaseException as exc:
-        if _rank() == 0:
+        if rank0:
             atomic_write_json(d / FAILED, {"error": f"{type(exc).__name__}: {exc}",
                                            "traceback": traceback.format_exc(), "wall_s": time.time() - t0})
         raise
     out["wall_s"] = out.get("wall_s") or time.time() - t0
-    if _rank() == 0:
+    if rank0:
         if spec["kind"] == "evaluate":
             out["timings"]["evaluate_s"] = out["wall_s"]
             atomic_write_json(cell_path(run_dir, spec["key"]), out)
@@ -220,14 +173,13 @@ class StepJob(submitit.helpers.Checkpointable):
     :meth:`checkpoint` on its signal; when training took the signal itself (it saves a checkpoint and raises
     ``Preempted``), the job requeues itself through SLURM."""
 
-    def __init__(self, run_dir: str, threads: int = 0, max_requeues: int = 20) -> None:
-        self.run_dir, self.threads, self.max_requeues = str(run_dir), threads, max_requeues
+    def __init__(self, run_dir: str, max_requeues: int = 20) -> None:
+        self.run_dir, self.max_requeues = str(run_dir), max_requeues
 
     def __call__(self, step_id: str) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0))
-        if threads:
-            torch.set_num_threads(threads)
+        if os.environ.get("SLURM_CPUS_PER_TASK"):
+            torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
         try:
             return run_step(self.run_dir, step_id)
         except Preempted:
@@ -237,7 +189,7 @@ class StepJob(submitit.helpers.Checkpointable):
 
     def _requeue(self, step_id: str) -> bool:
         job_id, restarts = os.environ.get("SLURM_JOB_ID"), int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-        if job_id is None or restarts >= self.max_requeues or _rank() != 0:
+        if job_id is None or restarts >= self.max_requeues or submitit.JobEnvironment().global_rank:
             return False
         if os.environ.get("SLURM_ARRAY_JOB_ID"):
             job_id = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
@@ -436,7 +388,7 @@ def submit(tables: list[str] | tuple[str, ...], preset: str, *, executor: str | 
         (report.skipped_done if st.state == "done" else report.in_flight if st.live else report.submitted).append(sid)
     if not report.submitted:
         return report
-    snap = snapshot_code(run_dir) if snapshot and executor != "debug" else None
+    snap = snapshot_package(run_dir / "snapshot") if snapshot and executor != "debug" else None
     if executor == "slurm":
         report.jobs = submit_slurm(run_dir, graph, set(report.submitted), states, prof, snap)
     else:

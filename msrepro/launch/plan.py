@@ -1,6 +1,5 @@
 """The plan (SPEC 2): tables (:mod:`msrepro.paper_tables`) -> rows -> cells -> deduplicated steps.
 
-A run row's config is: schema < backbone preset < row ``config`` < row preset.
 A *cell* is a fully resolved run config; its hash is its identity, so the same cell in two tables runs once. Steps
 ``prepare -> cluster -> train -> evaluate`` are deduplicated the same way at their own level: a step's key hashes
 only what the step reads (cluster: data, schedule, clusterer, k, seed; train: everything but sampling and
@@ -18,33 +17,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from msrepro._builtins import BUILTIN_BACKBONES
 from msrepro.clustering import check_cluster_config
-from msrepro.config import ConfigError, merge, normalize_unified, preset_overrides, schema, to_dict
+from msrepro.config import ConfigError, to_dict
 from msrepro.models import get_backbone
-from msrepro.paper_tables import Row, check_preset, select_tables
-from msrepro.registry import BACKBONES, plugin_failures
-from msrepro.runconfig import validate_run_config
+from msrepro.paper_tables import Row, backbone_installed, check_preset, row_config, select_tables
 
-KINDS: tuple[str, ...] = ("prepare", "cluster", "train", "evaluate")
 #: clusterers that read a trained unified model (its checkpoints) instead of data alone
 NEEDS_UNIFIED_MODEL: tuple[str, ...] = ("gradient",)
 _NEUTRAL = ("name", "output_dir", "device")  # never change what a step computes
-
-
-def row_config(row: Row, preset: str, *, validate: bool = True) -> DictConfig:
-    """The resolved run config of a run row at ``preset``: schema < backbone preset < row config < row preset."""
-    where = f"{row.ref} ({check_preset(preset)})"
-    cfg = merge(schema(), preset_overrides(row.backbone, preset), where=f"{where}: backbone preset")
-    cfg = merge(cfg, OmegaConf.create(row.config), where=f"{where}: config")
-    cfg = merge(cfg, OmegaConf.create(row.presets.get(preset) or {}), where=f"{where}: presets.{preset}")
-    cfg = normalize_unified(cfg)  # the same canonical form as load_config: equal models hash equal
-    if validate:
-        try:
-            validate_run_config(cfg)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-    return cfg
 
 
 # -- cells and steps --------------------------------------------------------------------------------------------
@@ -183,26 +163,11 @@ def _add_cell(graph: JobGraph, cfg: DictConfig, ref: str, prepare: dict[str, Any
     return graph.cells[key]
 
 
-def _backbone_installed(name: str) -> bool:
-    """Whether backbone ``name`` is registered. A plugin that failed to import, or a missing built-in one, is a
-    ConfigError naming the cause; an outside backbone that is simply not installed is False (rows skipped)."""
-    if name in BACKBONES:
-        return True
-    for f in plugin_failures():
-        if f.group == BACKBONES.entry_point_group and f.name == name:
-            raise ConfigError(f"backbone '{name}' ({f.value}) failed to import: {f.error}; fix that installation "
-                              f"(msrepro list backbones shows it)")
-    if name in BUILTIN_BACKBONES:
-        raise ConfigError(f"built-in backbone '{name}' is not registered: msrepro's entry point "
-                          f"{name} = {BUILTIN_BACKBONES[name]} is missing; reinstall msrepro (pip install -e .)")
-    return False
-
-
 def _row_entry(graph: JobGraph, row: Row, preset: str, validate: bool) -> RowEntry:
     if row.quoted is not None:
         return RowEntry(row.ref, "quoted", reason=row.quoted)
     try:
-        installed = _backbone_installed(row.backbone)
+        installed = backbone_installed(row.backbone)
     except ConfigError as exc:
         raise ConfigError(f"{row.ref}: {exc}") from None
     if not installed:

@@ -24,7 +24,6 @@ from typing import Any
 
 import submitit
 
-import msrepro
 from msrepro.config import ConfigError, to_dict
 from msrepro.io import append_jsonl, atomic_write_json, code_version
 from msrepro.launch.plan import JobGraph
@@ -82,23 +81,6 @@ def resolve_run(name_or_path: str | None, roots: tuple[str, ...] = ("runs", "res
     if not runs:
         raise ConfigError(f"no runs found under {', '.join(roots)}/; start one with msrepro submit")
     return max(runs, key=lambda p: (p / "run.json").stat().st_mtime)
-
-
-def snapshot_code(run_dir: Path) -> Path:
-    """Copy the msrepro package (with its backbones and registry, laid out as installed) into ``<run>/snapshot``:
-    queued jobs import this frozen copy, so edits after submitting change nothing."""
-    src = Path(msrepro.__file__).resolve().parent
-    dest, tmp = Path(run_dir) / "snapshot", Path(run_dir) / f".snapshot-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    shutil.copytree(src, tmp / "msrepro", ignore=ignore)
-    for sub in ("backbones", "registry"):  # package-dir mapping of pyproject.toml (editable checkout)
-        if (src.parent / sub / "__init__.py").is_file() and not (tmp / "msrepro" / sub).exists():
-            shutil.copytree(src.parent / sub, tmp / "msrepro" / sub, ignore=ignore)
-    atomic_write_json(tmp / "code_version.json", code_version(src.parent))
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
-    return dest
 
 
 # -- step state -----------------------------------------------------------------------------------------------
