@@ -143,16 +143,17 @@ def row_config(row: Row, preset: str, *, validate: bool = True) -> DictConfig:
     return cfg
 
 
-def backbone_installed(name: str) -> bool:
-    """Whether backbone ``name`` is registered. A plugin that failed to import, or a missing built-in one, is a
-    ConfigError naming the cause; an outside backbone that is simply not installed is False (rows skipped)."""
+def backbone_installed(name: str, where: str) -> bool:
+    """Whether backbone ``name`` (of table row ``where``) is registered. A plugin that failed to import, or a missing
+    built-in one, is a ConfigError naming the cause; an outside backbone that is simply not installed is False (its
+    rows are skipped)."""
     if name in BACKBONES:
         return True
     for f in plugin_failures():
         if f.group == BACKBONES.entry_point_group and f.name == name:
-            raise ConfigError(f"backbone '{name}' ({f.value}) failed to import: {f.error}; fix that installation "
-                              f"(msrepro list backbones shows it)")
+            raise ConfigError(f"{where}: backbone '{name}' ({f.value}) failed to import: {f.error}; fix that "
+                              f"installation (msrepro list backbones shows it)")
     if name in BUILTIN_BACKBONES:
-        raise ConfigError(f"built-in backbone '{name}' is not registered: msrepro's entry point "
+        raise ConfigError(f"{where}: built-in backbone '{name}' is not registered: msrepro's entry point "
                           f"{name} = {BUILTIN_BACKBONES[name]} is missing; reinstall msrepro (pip install -e .)")
     return False

@@ -56,6 +56,8 @@ class Clusterer:
 
     name: ClassVar[str] = ""
     Config: ClassVar[type | None] = None
+    #: fits on a trained unified model's checkpoints (not on data alone): its cluster step waits for that model
+    reads_model: ClassVar[bool] = False
 
     def __init__(self, params: Mapping[str, Any] | DictConfig | None = None) -> None:
         self.params = check_params(type(self), dict(params or {}), f"cluster.params of '{self.registered_name()}'")

@@ -78,6 +78,7 @@ class GradientClusterer(SizeLimitedGrid, Clusterer):
 
     name = "gradient"
     Config = GradientConfig
+    reads_model = True
 
     def validate(self) -> None:
         p = self.params

@@ -283,21 +283,21 @@ class StepWorker:
         run_dir, ran = Path(self.run_dir), 0
         deps = {s: (read_json(step_dir(run_dir, s) / SPEC) or {}).get("deps", []) for s in self.step_ids}
         while free := [s for s in self.step_ids if not (step_dir(run_dir, s) / CLAIM).is_file()]:
-            ready = [s for s in free if all(finished(run_dir, d) == "done" for d in deps[s])
-                     or "failed" in [finished(run_dir, d) for d in deps[s]]]
-            sid = next((s for s in ready if self._claim(run_dir, s)), None)
+            up = {s: [finished(run_dir, d) for d in deps[s]] for s in free}
+            sid = next((s for s in free if (set(up[s]) <= {"done"} or "failed" in up[s]) and self._claim(run_dir, s)),
+                       None)
             if sid is None:
                 time.sleep(0.2)  # the free steps wait on steps other workers are running
                 continue
-            bad = [d for d in deps[sid] if finished(run_dir, d) == "failed"]
-            if bad:
+            if "failed" in up[sid]:
+                bad = [d for d, st in zip(deps[sid], up[sid]) if st == "failed"]
                 atomic_write_json(step_dir(run_dir, sid) / FAILED, {"error": f"upstream step failed: {', '.join(bad)}"})
                 continue
             try:
                 run_step(run_dir, sid)
             except Exception as exc:  # failed.json holds the traceback; go on with the others
-                if self.executor == "debug":
-                    raise
+                if self.executor == "debug" or isinstance(exc, Preempted):
+                    raise  # a preempted worker stops; its step resumes when submitted again
                 print(f"step {sid} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             ran += 1
         return ran  # every step is taken
@@ -327,7 +327,8 @@ def run_here(run_dir: Path, graph: JobGraph, todo: set[str], cluster: str, profi
     final = {sid: "blocked" for sid in graph.steps if sid in todo and sid not in runnable}
     bar = tqdm(total=len(todo), desc="steps", unit="step", disable=not progress)
     ex = make_executor(cluster, run_dir, profile, "train", snapshot=snapshot)
-    ex.update_parameters(timeout_min=sum(profile.resources(graph.steps[s].kind).timeout_min for s in runnable))
+    ex.update_parameters(name="msrepro-worker", tasks_per_node=1,  # a worker runs its steps one after another
+                         timeout_min=sum(profile.resources(graph.steps[s].kind).timeout_min for s in runnable))
     worker = StepWorker(str(run_dir.resolve()), runnable, cluster, threads=0 if cluster == "debug" else 1)
     workers = 0 if not runnable else 1 if cluster == "debug" else min(max(1, parallel), len(runnable))
     jobs = [ex.submit(worker) for _ in range(workers)]

@@ -4,8 +4,9 @@ A *cell* is a fully resolved run config; its hash is its identity, so the same c
 ``prepare -> cluster -> train -> evaluate`` are deduplicated the same way at their own level: a step's key hashes
 only what the step reads (cluster: data, schedule, clusterer, k, seed; train: everything but sampling and
 evaluation; evaluate: the whole cell). ``prepare`` is the backbone's prerequisite step
-(:meth:`msrepro.backbones.base.Backbone.prerequisite`), if it declares one. A model-reading clusterer
-(``gradient``) differentiates the unified model, so its cluster step waits for that model's train step.
+(:meth:`msrepro.backbones.base.Backbone.prerequisite`), if it declares one. A clusterer that reads a model
+(``Clusterer.reads_model``: ``gradient``) differentiates the unified model, so its cluster step waits for that
+model's train step.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from msrepro.clustering import check_cluster_config
 from msrepro.config import ConfigError, to_dict
 from msrepro.models import get_backbone
 from msrepro.paper_tables import Row, backbone_installed, check_preset, row_config, select_tables
+from msrepro.registry import CLUSTERERS
 
-#: clusterers that read a trained unified model (its checkpoints) instead of data alone
-NEEDS_UNIFIED_MODEL: tuple[str, ...] = ("gradient",)
 _NEUTRAL = ("name", "output_dir", "device")  # never change what a step computes
 
 
@@ -60,7 +60,7 @@ def cell_key(cfg: DictConfig) -> str:
 
 
 def unified_reference(cfg: DictConfig) -> DictConfig:
-    """The unified model whose checkpoints a model-reading clusterer (``gradient``) differentiates."""
+    """The unified model whose checkpoints a clusterer that reads a model (``gradient``) differentiates."""
     ref = OmegaConf.create(to_dict(cfg))
     ref.model.variant, ref.stages.num_stages, ref.stages.boundaries, ref.stages.from_result = "unified", 1, None, None
     ref.train.early_stopping = {}
@@ -150,7 +150,7 @@ def _add_cell(graph: JobGraph, cfg: DictConfig, ref: str, prepare: dict[str, Any
     cluster = None
     if needs_cluster(cfg):
         deps, model = list(first), None
-        if cfg.cluster.name in NEEDS_UNIFIED_MODEL:
+        if CLUSTERERS.get(cfg.cluster.name).reads_model:
             model = train(unified_reference(cfg), None, None)
             deps.append(model.id)
         ckey = config_hash({"dataset": to_dict(cfg.dataset), "schedule": to_dict(cfg.schedule),
@@ -166,11 +166,7 @@ def _add_cell(graph: JobGraph, cfg: DictConfig, ref: str, prepare: dict[str, Any
 def _row_entry(graph: JobGraph, row: Row, preset: str, validate: bool) -> RowEntry:
     if row.quoted is not None:
         return RowEntry(row.ref, "quoted", reason=row.quoted)
-    try:
-        installed = backbone_installed(row.backbone)
-    except ConfigError as exc:
-        raise ConfigError(f"{row.ref}: {exc}") from None
-    if not installed:
+    if not backbone_installed(row.backbone, row.ref):
         return RowEntry(row.ref, "skipped", reason=f"backbone {row.backbone} not installed")
     try:
         cfg = row_config(row, preset, validate=validate)

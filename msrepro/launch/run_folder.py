@@ -1,8 +1,9 @@
 """A run's folder ``runs/<run>/`` and where each step stands (SPEC 6: works without ``sacct``).
 
 ``run.json``, ``graph.json``, ``cells/<cell>.json`` (a cell's result) and ``steps/<step>/`` with ``spec.json`` (what
-to run, written at submission), ``jobs.jsonl`` (each submission: executor, job id, log files) and, once the step
-has finished, exactly one of ``done.json`` / ``failed.json``. Tables are built from these files only.
+to run, written at submission), ``jobs.jsonl`` (each job that took it: executor, job id, log files), ``claim`` (a
+local worker took it) and, once the step has finished, exactly one of ``done.json`` / ``failed.json``. Tables are
+built from these files only.
 
 A step is ``done`` / ``failed`` by its files. Otherwise its last job is asked: a SLURM job through submitit's job
 object (:class:`submitit.SlurmJob`, whose watcher reads SLURM accounting). Where accounting does not answer
@@ -181,8 +182,7 @@ def step_state(run_dir: Path, step_id: str, view: dict[str, tuple[str, str, str]
 
 def run_states(run_dir: Path, step_ids: list[str]) -> dict[str, StepState]:
     jobs = {s: last_job(run_dir, s) for s in step_ids}
-    slurm = [j["job_id"] for s, j in jobs.items() if j and j.get("executor") == "slurm"
-             and not (step_dir(run_dir, s) / DONE).is_file() and not (step_dir(run_dir, s) / FAILED).is_file()]
+    slurm = [j["job_id"] for s, j in jobs.items() if j and j.get("executor") == "slurm" and not finished(run_dir, s)]
     view = slurm_view(slurm, Path(run_dir) / "logs") if slurm else {}
     return {s: step_state(run_dir, s, view) for s in step_ids}
 
