@@ -28,10 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from msrepro.launch.execution import submit
-    from msrepro.paper_tables import select_tables
     from msrepro.launch.results import Run, copy_run_results, quality_vs_iterations, render, write_readme, \
         write_tables
     from msrepro.launch.run_folder import read_json
+    from msrepro.paper_tables import select_tables
 
     t0 = time.time()
     parallel = args.parallel or max(1, len(os.sched_getaffinity(0)))

@@ -19,9 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msrepro.paper_tables import select_tables
     from msrepro.launch.results import Run, render, write_tables
     from msrepro.launch.run_folder import resolve_run
+    from msrepro.paper_tables import select_tables
 
     runs = [Run.load(resolve_run(r)) for r in (args.runs or [None])]
     names = args.tables.split(",") if args.tables else list(dict.fromkeys(

@@ -28,11 +28,11 @@ from msrepro.evaluation import evaluate_run, plot_metric_vs_iterations
 from msrepro.flops import fmt_flops, paper_gflops, step_flops, training_pflops
 from msrepro.io import atomic_write_json, atomic_write_text
 from msrepro.launch.execution import plan_groups
-from msrepro.profiles import Profile
 from msrepro.launch.plan import JobGraph
-from msrepro.paper_tables import Column, Row, Table
 from msrepro.launch.run_folder import DONE, SPEC, StepState, cell_path, read_json, run_states, saved_states, \
     step_dir
+from msrepro.paper_tables import Column, Row, Table
+from msrepro.profiles import Profile
 
 PAPER_METRIC = "fid"
 METRIC_LABELS = {"fid": "FID", "fd_digits": "FD_digits", "kid": "KID", "prc": "PRC"}
