@@ -1,6 +1,6 @@
 """Where the time of a local run went: per step, when its job took it, when it started computing and finished.
 
-    python bench/local_run.py runs/smoke              # after msrepro reproduce --preset smoke (or submit --executor local)
+    python bench/local_run.py runs/smoke     # after msrepro reproduce --preset smoke (or submit --executor local)
 
 A step's compute interval is [end - wall_s, end] (``done.json``'s mtime and ``wall_s``); its wait is the time from
 its job record (``jobs.jsonl``: the submission, or the worker's claim) to that start: process start and imports

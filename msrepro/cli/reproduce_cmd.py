@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default="runs", help="work folders (checkpoints, logs) go to ROOT/RUN")
     p.add_argument("--results", default="results", help="tables, grids and plots go to RESULTS/RUN")
     p.add_argument("--executor", default="local", choices=("local", "debug"))
-    p.add_argument("--parallel", type=int, default=None, help="steps at a time (default: CPU cores)")
+    p.add_argument("--parallel", type=int, default=None, help="worker jobs (default: CPU cores)")
     p.add_argument("--no-progress", action="store_true")
 
 

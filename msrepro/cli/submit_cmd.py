@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                    "(default for slurm: local)")
     p.add_argument("--run", default=None, help="run name (default: the preset); the folder is ROOT/RUN")
     p.add_argument("--root", default="runs", help="where run folders live (default: runs)")
-    p.add_argument("--parallel", type=int, default=1, help="local executor: steps at a time (default 1)")
+    p.add_argument("--parallel", type=int, default=1, help="local executor: worker jobs = steps at a time (default 1)")
     p.add_argument("--dry-run", action="store_true", help="print the job graph, resources and estimated "
                                                           "GPU-hours; submit nothing")
     p.add_argument("--no-progress", action="store_true")
