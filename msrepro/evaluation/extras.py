@@ -7,8 +7,8 @@ compute-to-quality curve and the early-stopping record (read by :mod:`msrepro.co
   Cached in ``<run>/floors/`` per protocol, so a run computes it once.
 - ``curve``: the metric at every checkpoint the training run kept (``train.save_steps``; the paper's Figure 1d),
   with training PFLOPs = iterations x GFLOPs x 1e-6 (paper footnote 2), through :func:`evaluate_run`. Only cells
-  whose config sets ``train.save_steps``; ``eval.curve_samples`` samples per checkpoint (one seed block; default
-  ``eval.num_samples``).
+  that set ``eval.curve_samples`` (samples per checkpoint, one seed block): an evaluation setting, so rows that
+  share a training run still share it when only some of them (Table 2's) ask for the curve.
 - ``early_stopped``: the train step's ``{stage: step | null}`` record, copied as is (absent: not recorded).
 """
 
@@ -62,7 +62,7 @@ def real_data_floor(cfg: DictConfig, *, cache: Path | None = None, device: str =
 def checkpoint_curve(cfg: DictConfig, run_dir: str | Path, progress: bool = False) -> list[dict[str, Any]]:
     """The quality metric at each saved checkpoint of the training run (one seed block of ``eval.curve_samples``):
     ``[{"step", "pflops", "metrics", "num_samples"}]`` by step."""
-    num = int(cfg.eval.get("curve_samples") or cfg.eval.num_samples)
+    num = int(cfg.eval.curve_samples or cfg.eval.num_samples)
     records = evaluate_run(run_dir, metrics=list(cfg.eval.metrics), num=num, repeats=1, sample=to_dict(cfg.sample),
                            progress=progress)
     return [{"step": r["step"], "pflops": r.get("pflops"), "metrics": r["metrics"], "num_samples": r["num_samples"]}
@@ -70,7 +70,7 @@ def checkpoint_curve(cfg: DictConfig, run_dir: str | Path, progress: bool = Fals
 
 
 def cell_extras(run_dir: str | Path, cfg: DictConfig, train: dict[str, Any], progress: bool = False) -> dict[str, Any]:
-    """The evaluate step's additions to the cell result: ``floor``, ``curve`` (if ``train.save_steps``) and
+    """The evaluate step's additions to the cell result: ``floor``, ``curve`` (if ``eval.curve_samples``) and
     ``early_stopped`` (if the train step recorded it). A failure is recorded under ``extras_errors``, never
     raised: the cell's own metrics are the result."""
     out: dict[str, Any] = {}
@@ -79,7 +79,7 @@ def cell_extras(run_dir: str | Path, cfg: DictConfig, train: dict[str, Any], pro
         out["floor"] = real_data_floor(cfg, cache=Path(run_dir) / "floors")
     except Exception as exc:  # e.g. a dataset without a test split
         errors["floor"] = f"{type(exc).__name__}: {exc}"
-    if (to_dict(cfg.train) or {}).get("save_steps"):
+    if cfg.eval.curve_samples:
         try:
             out["curve"] = checkpoint_curve(cfg, train["run_dir"], progress)
         except Exception as exc:
