@@ -357,8 +357,10 @@ def agreement_text(counts: Mapping[str, int]) -> str:
             f"{counts[DISAGREES]} disagree")
 
 
-def plot_compute_to_quality(curves: Mapping[str, Mapping[str, Any]], out_png: str | Path, title: str = "") -> Path:
-    """Figure 1d: quality against training PFLOPs, one line per model (``{label: cell result}``)."""
+def plot_compute_to_quality(curves: Mapping[str, Mapping[str, Any]], out_png: str | Path, title: str = "",
+                            reach: tuple[float, float, str] | None = None) -> Path:
+    """Figure 1d: quality against training PFLOPs, one line per model (``{label: cell result}``); ``reach``
+    (PFLOPs, quality, text) marks where the second model reaches the first one's final quality."""
     import matplotlib  # heavy, only for plots
 
     matplotlib.use("Agg")
@@ -374,6 +376,9 @@ def plot_compute_to_quality(curves: Mapping[str, Mapping[str, Any]], out_png: st
     if floor and metric in floor["metrics"]:
         ax.axhline(floor["metrics"][metric], color="grey", ls="--", lw=1,
                    label=f"real test split ({floor['num_samples']} images)")
+    if reach is not None:
+        ax.axhline(reach[1], color="C0", ls=":", lw=1)
+        ax.plot([reach[0]], [reach[1]], marker="*", ms=12, color="C3", ls="", label=reach[2])
     ax.set_xlabel("training PFLOPs (iterations x GFLOPs x 1e-6)")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     ax.set_yscale("log")
@@ -394,9 +399,12 @@ def compute_plots(table: Any, run: Any, out_dir: str | Path) -> list[str]:
         r, rb = run.result(table.row(row_id)), run.result(table.row(base_id))
         if not r or not rb or not curve_points(r) or not curve_points(rb):
             continue
-        backbone = table.row(row_id).backbone
+        backbone, (total, target) = table.row(row_id).backbone, curve_points(rb)[-1]
+        hit, got = pflops_to_reach(curve_points(r), target), compute_to_reach(r, rb)
+        mark = None if hit is None else (hit[0], target, f"reaches the final {table.row(base_id).label} at "
+                                                         f"{'' if hit[1] else '≤ '}{got[0]:.2f} x its PFLOPs")
         png = Path(out_dir) / f"compute-to-quality-{backbone}.png"
         made.append(str(plot_compute_to_quality({table.row(base_id).label: rb, table.row(row_id).label: r}, png,
                                                 title=f"{backbone}: {r['curve'][0]['num_samples']} samples per "
-                                                      f"checkpoint")))
+                                                      f"checkpoint", reach=mark)))
     return made
