@@ -225,3 +225,19 @@ def test_real_data_floor_counts_and_cache(tmp_path):
     cfg.eval.num_samples = 1000
     g = real_data_floor(cfg, cache=tmp_path)
     assert (g["num_samples"], g["blocks"], g["requested_samples"]) == (297, 1, 1000)
+
+
+def test_cell_extras_copy_the_es_record_and_never_raise(tmp_path):
+    from msrepro.evaluation.extras import cell_extras
+    from msrepro.launch.plan import row_config
+
+    cfg = row_config(load_table("table3").row("separate_es"), "smoke")
+    cfg.eval.num_samples, cfg.eval.curve_samples = 64, 32
+    train = {"run_dir": str(tmp_path / "no-such-run"), "metrics": {"early_stopped": {"0": 7, "1": None}}}
+    out = cell_extras(tmp_path, cfg, train)
+    assert out["early_stopped"] == {"0": 7, "1": None}
+    assert out["floor"]["num_samples"] == 64 and list((tmp_path / "floors").glob("floor-*.json"))
+    assert "no checkpoints" in out["extras_errors"]["curve"]  # asked for a curve, the run has no checkpoints
+    cfg.eval.curve_samples = None
+    assert "curve" not in cell_extras(tmp_path, cfg, {"run_dir": "x"}) and "early_stopped" not in \
+        cell_extras(tmp_path, cfg, {"run_dir": "x"})
