@@ -19,9 +19,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from msrepro.config import to_dict
+from msrepro.config import merge, to_dict
 from msrepro.evaluation.evaluate import _summary, build_metrics, compute, image_dataset, parse_params, plan
 from msrepro.evaluation.reference import UInt8Images, reference_dataset, refstats
 from msrepro.evaluation.runs import evaluate_run
@@ -69,6 +69,15 @@ def checkpoint_curve(cfg: DictConfig, run_dir: str | Path, progress: bool = Fals
             for r in records]
 
 
+def trained_data(cfg: DictConfig, train: dict[str, Any]) -> DictConfig:
+    """``cfg`` with the dataset the model was trained on, as its training run recorded it (``config.yaml``: e.g.
+    the latent cache a prerequisite step wrote, which the evaluate step's own config does not name)."""
+    path = Path(train.get("run_dir") or "") / "config.yaml"
+    if not path.is_file():
+        return cfg
+    return merge(cfg, OmegaConf.create({"dataset": to_dict(OmegaConf.load(path).dataset)}), where=str(path))
+
+
 def cell_extras(run_dir: str | Path, cfg: DictConfig, train: dict[str, Any], progress: bool = False) -> dict[str, Any]:
     """The evaluate step's additions to the cell result: ``floor``, ``curve`` (if ``eval.curve_samples``) and
     ``early_stopped`` (if the train step recorded it). A failure is recorded under ``extras_errors``, never
@@ -76,7 +85,7 @@ def cell_extras(run_dir: str | Path, cfg: DictConfig, train: dict[str, Any], pro
     out: dict[str, Any] = {}
     errors: dict[str, str] = {}
     try:
-        out["floor"] = real_data_floor(cfg, cache=Path(run_dir) / "floors")
+        out["floor"] = real_data_floor(trained_data(cfg, train), cache=Path(run_dir) / "floors")
     except Exception as exc:  # e.g. a dataset without a test split
         errors["floor"] = f"{type(exc).__name__}: {exc}"
     if cfg.eval.curve_samples:
