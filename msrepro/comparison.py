@@ -376,9 +376,12 @@ def plot_compute_to_quality(curves: Mapping[str, Mapping[str, Any]], out_png: st
     if floor and metric in floor["metrics"]:
         ax.axhline(floor["metrics"][metric], color="grey", ls="--", lw=1,
                    label=f"real test split ({floor['num_samples']} images)")
+    first = next(iter(curves.values()), None)
+    if first is not None and curve_points(first):
+        ax.axhline(curve_points(first)[-1][1], color="C0", ls=":", lw=1, label=f"{next(iter(curves))}: final")
     if reach is not None:
-        ax.axhline(reach[1], color="C0", ls=":", lw=1)
         ax.plot([reach[0]], [reach[1]], marker="*", ms=12, color="C3", ls="", label=reach[2])
+    ax.set_xlim(left=0)
     ax.set_xlabel("training PFLOPs (iterations x GFLOPs x 1e-6)")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     ax.set_yscale("log")
