@@ -110,6 +110,7 @@ class EvalConfig:
     metrics: List[str] = field(default_factory=lambda: ["fd_digits"])
     num_samples: int = 1000
     repeats: int = 1
+    curve_samples: Optional[int] = None  # set: also score every saved checkpoint with this many samples (Fig. 1d)
     params: Dict[str, Any] = field(default_factory=dict)
 
 

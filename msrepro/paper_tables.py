@@ -59,6 +59,7 @@ class Table:
     title: str
     columns: tuple[Column, ...]
     rows: tuple[Row, ...]
+    comparison: dict[str, Any] = field(default_factory=dict, hash=False)  # baselines, ratios: msrepro.comparison
 
     def row(self, row_id: str) -> Row:
         for r in self.rows:
@@ -100,7 +101,8 @@ def _parse_table(data: dict[str, Any], where: str) -> Table:
         if missing:
             raise ConfigError(f"{where}: row '{row.id}' lacks the paper's value for {sorted(missing)}")
         rows.append(row)
-    return Table(name=name, title=data.get("title", name), columns=tuple(cols), rows=tuple(rows))
+    return Table(name=name, title=data.get("title", name), columns=tuple(cols), rows=tuple(rows),
+                 comparison=dict(data.get("comparison") or {}))
 
 
 def load_table(name: str) -> Table:

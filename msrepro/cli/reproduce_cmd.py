@@ -27,9 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from msrepro.comparison import agreement, agreement_text, compute_plots
     from msrepro.launch.execution import submit
-    from msrepro.launch.results import Run, copy_run_results, quality_vs_iterations, render, write_readme, \
-        write_tables
+    from msrepro.launch.results import Run, assemble_table, copy_run_results, quality_vs_iterations, render, \
+        write_readme, write_tables
     from msrepro.launch.run_folder import read_json
     from msrepro.paper_tables import select_tables
 
@@ -56,11 +57,20 @@ def run(args: argparse.Namespace) -> int:
         problems.append(f"quality-vs-iterations plot: {type(exc).__name__}: {exc}")
     run_obj = Run.load(out)
     selected = select_tables(read_json(run_dir / "run.json")["tables"])
+    for t in selected:  # Figure 1d per backbone, from the curves the evaluate steps recorded
+        try:
+            made["plots"] += compute_plots(t, run_obj, out / "plots")
+        except Exception as exc:
+            problems.append(f"compute-to-quality plot: {type(exc).__name__}: {exc}")
     write_tables(selected, [run_obj], out)
     for t in selected:
         print(render(t, [run_obj], "md"))
     command = "msrepro reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == [
         "reproduce"] else f"msrepro reproduce --preset {args.preset}"
-    write_readme(out, command, read_json(run_dir / "run.json") or {}, made, time.time() - t0, problems)
+    summary = agreement_text(agreement(selected, run_obj, assemble_table))
+    write_readme(out, command, read_json(run_dir / "run.json") or {}, made, time.time() - t0, problems,
+                 [f"Orderings against each table's baseline (paper vs this run, `ordering vs baseline` columns): "
+                  f"{summary}.", ""])
+    print(summary)
     print(f"results in {out}/ ({time.time() - t0:.0f} s)" + (f"; {len(problems)} problems" if problems else ""))
-    return 1 if problems and any(not p.startswith("quality-vs") for p in problems) else 0
+    return 1 if problems and any(not p.startswith(("quality-vs", "compute-to")) for p in problems) else 0

@@ -19,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from msrepro.comparison import compute_plots
     from msrepro.launch.results import Run, render, write_tables
     from msrepro.launch.run_folder import resolve_run
     from msrepro.paper_tables import select_tables
@@ -33,5 +34,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path("results") / (
             runs[0].name if len(runs) == 1 else "compare-" + "-".join(r.name for r in runs))
         files = write_tables(tables, runs, out)
+        for run in runs if len(runs) == 1 else ():  # Figure 1d per backbone, from the recorded quality curves
+            files += [Path(p) for t in tables for p in compute_plots(t, run, out / "plots")]
         print(f"wrote {len(files)} files to {out}/")
     return 0

@@ -30,6 +30,7 @@ from msrepro.checkpoint import load_model
 from msrepro.clustering import fit_from_config
 from msrepro.config import merge, schema, to_dict
 from msrepro.evaluation import evaluate_checkpoint
+from msrepro.evaluation.extras import cell_extras
 from msrepro.flops import accounting
 from msrepro.generation import generate, save_grid
 from msrepro.io import atomic_write_json, code_version, snapshot_package
@@ -131,7 +132,8 @@ def run_evaluate(run_dir: Path, spec: dict[str, Any], progress: bool) -> dict[st
                                                                                     "files", "objective")},
             "flops": accounting(step_config(run_dir, train_spec)),
             "timings": {"metrics_s": eval_s, "train_s": train["wall_s"],
-                        "cluster_s": cluster["wall_s"] if cluster else None}, "grid": grid}
+                        "cluster_s": cluster["wall_s"] if cluster else None}, "grid": grid,
+            **cell_extras(run_dir, cfg, train, progress)}  # real-data floor, quality curve, early stopping
 
 
 STEPS: dict[str, Callable[[Path, dict[str, Any], bool], dict[str, Any]]] = {

@@ -24,8 +24,9 @@ from typing import Any, Callable
 
 from tabulate import tabulate
 
+from msrepro.comparison import METRIC_LABELS, extend_table, quality_metric, quantity
 from msrepro.evaluation import evaluate_run, plot_metric_vs_iterations
-from msrepro.flops import fmt_flops, paper_gflops, step_flops, training_pflops
+from msrepro.flops import fmt_flops, step_flops
 from msrepro.io import atomic_write_json, atomic_write_text
 from msrepro.launch.execution import plan_groups
 from msrepro.launch.plan import JobGraph
@@ -35,7 +36,6 @@ from msrepro.paper_tables import Column, Row, Table
 from msrepro.profiles import Profile
 
 PAPER_METRIC = "fid"
-METRIC_LABELS = {"fid": "FID", "fd_digits": "FD_digits", "kid": "KID", "prc": "PRC"}
 FORMATS: tuple[str, ...] = ("md", "latex", "csv", "json")
 
 
@@ -69,24 +69,11 @@ class Run:
         return read_json(cell_path(self.path, e["cell"])) if e and e.get("cell") else None
 
 
-def quality_metric(result: dict[str, Any]) -> str:
-    return list(result["config"]["eval"]["metrics"])[0]
-
-
 def value(column: Column, result: dict[str, Any], run: Run, row: Row) -> Any:
     """Our value of ``column`` from a cell result (None where the result has no such quantity)."""
     src = column.source
-    iterations = float((result.get("train") or {}).get("step") or result["config"]["train"]["steps"])
-    if src == "nfe":
-        return result.get("nfe")
-    if src == "quality":
-        v = (result.get("metrics") or {}).get(quality_metric(result))
-        return v.get("mean") if isinstance(v, dict) else v
-    if src == "iterations":
-        return iterations
-    if src in ("gflops", "pflops"):
-        g = paper_gflops(result.get("flops") or {})
-        return g if src == "gflops" else training_pflops(iterations, g)
+    if src in ("nfe", "quality", "iterations", "gflops", "pflops"):
+        return quantity(result, src)
     if src in ("t1", "t2"):
         cuts, i = (result.get("cluster") or {}).get("boundaries") or [], int(src[1]) - 1
         return cuts[i] if len(cuts) > i else None
@@ -153,8 +140,9 @@ class TableView:
     results: dict[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)
 
 
-#: functions ``(table, runs, view) -> None`` that add columns, rows or notes to every assembled table
-TABLE_EXTENSIONS: list[Callable[[Table, list[Run], TableView], None]] = []
+#: functions ``(table, runs, view) -> None`` that add columns, rows or notes to every assembled table (ratios to
+#: the baseline, verdicts, the real-data floor, compute to reach: :func:`msrepro.comparison.extend_table`)
+TABLE_EXTENSIONS: list[Callable[[Table, list[Run], TableView], None]] = [extend_table]
 
 
 def assemble_table(table: Table, runs: list[Run]) -> TableView:
@@ -288,7 +276,7 @@ def quality_vs_iterations(run_dir: Path, out_png: Path,
 
 
 def write_readme(out: Path, command: str, info: dict[str, Any], made: dict[str, list[str]], wall_s: float,
-                 problems: list[str]) -> None:
+                 problems: list[str], summary: list[str] = ()) -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [f"# msrepro reproduction: preset {info.get('preset')}", "", "Made by:", "", "```bash", command, "```", "",
@@ -296,7 +284,8 @@ def write_readme(out: Path, command: str, info: dict[str, Any], made: dict[str, 
              f"- code: {info.get('code_version')}",
              f"- tables: {', '.join(info.get('tables', []))} (`table*.md`, `.tex`, `.csv`, `.json`)",
              f"- cell results: {len(made['cells'])} JSON files in `cells/`",
-             f"- sample grids: {len(made['grids'])} in `grids/`; plots: {len(made['plots'])} in `plots/`", ""]
+             f"- sample grids: {len(made['grids'])} in `grids/`; plots: {len(made['plots'])} in `plots/`", "",
+             *summary]
     if problems:
         lines += ["Problems:", ""] + [f"- {p}" for p in problems] + [""]
     atomic_write_text(out / "README.md", "\n".join(lines))
