@@ -25,7 +25,6 @@ from typing import Any, Callable
 from tabulate import tabulate
 
 from msrepro.comparison import METRIC_LABELS, extend_table, quality_metric, quantity
-from msrepro.evaluation import evaluate_run, plot_metric_vs_iterations
 from msrepro.flops import fmt_flops, step_flops
 from msrepro.io import atomic_write_json, atomic_write_text
 from msrepro.launch.execution import plan_groups
@@ -253,26 +252,6 @@ def copy_run_results(run_dir: Path, out: Path) -> dict[str, list[str]]:
                 copy(Path(path), out / "plots" / f"cluster-{done['clusterer']}-{backbone}-{kind}{Path(path).suffix}",
                      "plots")
     return made
-
-
-def quality_vs_iterations(run_dir: Path, out_png: Path,
-                          rows: tuple[str, ...] = ("table3.unified", "table3.multistage")) -> str | None:
-    """The quality metric of every saved checkpoint of the given rows' training runs, as one plot."""
-    graph = read_json(run_dir / "graph.json") or {}
-    runs = {}
-    for ref in rows:
-        entry = graph.get("rows", {}).get(ref)
-        train = entry and entry.get("cell") and read_json(step_dir(run_dir, graph["cells"][entry["cell"]]["train"])
-                                                          / DONE)
-        if train:
-            runs[ref.split(".")[-1]] = Path(train["run_dir"])
-    if not runs:
-        return None
-    for path in runs.values():
-        evaluate_run(path, progress=False)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    plot_metric_vs_iterations(runs, out_png)
-    return str(out_png)
 
 
 def write_readme(out: Path, command: str, info: dict[str, Any], made: dict[str, list[str]], wall_s: float,
