@@ -10,7 +10,7 @@ figure most robust to a load change between rounds) and the same paired ratio of
 insensitive to being descheduled by other load), then the process's peak memory (VmHWM, goal < 2 GB) and
 the denoiser's own working memory on top of the data (VmHWM reset through /proc/self/clear_refs).
 
-    python bench/optimal_denoiser.py [--threads 1,0] [--chunks 1024,2048,4096,8192] [--repeats 5] [--out FILE]
+    python bench/optimal_denoiser.py [--threads 1,0] [--chunks 2048,4096,8192] [--repeats 5] [--out FILE]
 
 ``--threads 0`` means torch's default. Writes the printed report to ``--out`` (results/bench/optimal_denoiser.txt
 by default; ``--out ''`` to skip).
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--n-data", type=int, default=50_000)
     ap.add_argument("--dim", type=int, default=3_072)
     ap.add_argument("--batch", type=int, default=256, help="queries per call")
-    ap.add_argument("--chunks", type=str, default="1024,2048,4096,8192", help="chunk sizes to compare")
+    ap.add_argument("--chunks", type=str, default="2048,4096,8192", help="chunk sizes to compare")
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds per thread setting")
     ap.add_argument("--threads", type=str, default="1,0", help="comma list of torch CPU threads; 0 = default")
     ap.add_argument("--device", default="cpu")

@@ -8,9 +8,10 @@ For training points {y_i} and x_t ~ N(s y, s^2 sigma^2 I), in the scaled variabl
 
 and eps*(x) = (x - E[y | x]) / sigma. The constant ||x||^2 term is dropped (it cancels in the normalisation),
 which also removes the worst float32 cancellation. Computed with two GEMMs per dataset chunk (into a preallocated
-buffer) and a streaming (online) log-sum-exp, so memory is O(B chunk + B n) whatever N is. The default chunk, 2048
-rows, keeps the [B, chunk] logits of B = 256 queries in 2 MB (a core's L2) and the chunk's data, read by both
-GEMMs, in 24 MB (L3); bench/optimal_denoiser.py sweeps it.
+buffer) and a streaming (online) log-sum-exp, so memory is O(B chunk + B n) whatever N is. The default chunk, 4096
+rows, keeps the [B, chunk] logits of B = 256 queries in 4 MB (half per thread on two cores: within each core's
+L2) and the chunk's data, read by both GEMMs, in 48 MB (within a 100 MB L3), with few enough chunks that the
+per-op thread synchronisation stays small; bench/optimal_denoiser.py sweeps it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def cut_exp_(a: torch.Tensor) -> torch.Tensor:
     return a.clamp_min_(-LOG_CUTOFF).exp_().sub_(math.exp(-LOG_CUTOFF))
 
 
-def posterior_mean(x: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor | float, *, chunk_size: int = 2048,
+def posterior_mean(x: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor | float, *, chunk_size: int = 4096,
                    data_sq_norms: torch.Tensor | None = None, workspace: torch.Tensor | None = None) -> torch.Tensor:
     """E[y | x] for queries x [B, n] against data [N, n] at noise levels sigma ([B] or scalar) — Eq. 4.
 
@@ -86,7 +87,7 @@ class OptimalDenoiser:
     float64 available; computation happens on ``data``'s device.
     """
 
-    def __init__(self, data: torch.Tensor, *, dtype: torch.dtype = torch.float32, chunk_size: int = 2048,
+    def __init__(self, data: torch.Tensor, *, dtype: torch.dtype = torch.float32, chunk_size: int = 4096,
                  device: torch.device | str | None = None) -> None:
         self.sample_shape = tuple(data.shape[1:])
         self.data = data.reshape(data.shape[0], -1).to(device=device or data.device, dtype=dtype).contiguous()
