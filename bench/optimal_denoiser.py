@@ -10,10 +10,11 @@ figure most robust to a load change between rounds) and the same paired ratio of
 insensitive to being descheduled by other load), then the process's peak memory (VmHWM, goal < 2 GB) and
 the denoiser's own working memory on top of the data (VmHWM reset through /proc/self/clear_refs).
 
-    python bench/optimal_denoiser.py [--threads 1,0] [--chunks 2048,4096,8192] [--repeats 5] [--out FILE]
+    python bench/optimal_denoiser.py [--threads 1,0] [--chunks 4096,16384,auto] [--repeats 5] [--out FILE]
 
-``--threads 0`` means torch's default. Writes the printed report to ``--out`` (results/bench/optimal_denoiser.txt
-by default; ``--out ''`` to skip).
+``--threads 0`` means torch's default (the only setting off the CPU); ``auto`` in ``--chunks`` is the
+denoiser's default chunk (``auto_chunk``: 64 MB of logits, the whole dataset at B = 256). Writes the printed
+report to ``--out`` (results/bench/optimal_denoiser.txt by default; ``--out ''`` to skip).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from msrepro.empirical_denoiser import OptimalDenoiser
+from msrepro.empirical_denoiser import OptimalDenoiser, auto_chunk
 from msrepro.io import atomic_write_text
 
 
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--n-data", type=int, default=50_000)
     ap.add_argument("--dim", type=int, default=3_072)
     ap.add_argument("--batch", type=int, default=256, help="queries per call")
-    ap.add_argument("--chunks", type=str, default="2048,4096,8192", help="chunk sizes to compare")
+    ap.add_argument("--chunks", type=str, default="4096,16384,auto",
+                    help="chunk sizes to compare (auto: the default, 64 MB of logits)")
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds per thread setting")
     ap.add_argument("--threads", type=str, default="1,0", help="comma list of torch CPU threads; 0 = default")
     ap.add_argument("--device", default="cpu")
@@ -113,13 +115,14 @@ def main(argv: list[str] | None = None) -> str:
     data = torch.rand(n, d, generator=g).mul_(2).sub_(1).to(dev)  # CIFAR-shaped random values in [-1, 1]
     queries = data[torch.randint(n, (b,), generator=g).to(dev)] + 0.5 * torch.randn(b, d, generator=g).to(dev)
     ref_out = torch.empty(b, n, device=dev)
-    chunks = [int(c) for c in args.chunks.split(",")]
+    chunks = [auto_chunk(b, n) if c == "auto" else int(c) for c in args.chunks.split(",")]
     ods = {c: OptimalDenoiser(data, chunk_size=c) for c in chunks}  # share `data` (no copy); ||y||^2 cached
     say(f"data [{n}, {d}] float32 = {data.numel() * 4 / 2**20:.0f} MB; queries [{b}, {d}]; sigma 0.5; "
         f"{args.repeats} interleaved rounds per thread setting")
 
     rows: list[tuple[int, int, float]] = []  # (threads, chunk, median paired ratio)
-    for threads in [int(t) for t in args.threads.split(",")]:
+    thread_settings = [int(t) for t in args.threads.split(",")] if dev.type == "cpu" else [0]
+    for threads in thread_settings:
         torch.set_num_threads(threads or default_threads)
         fns: dict[str, Callable[[], object]] = {"matmul": lambda: torch.matmul(queries, data.T, out=ref_out)}
         fns.update({f"chunk {c}": (lambda od=od: od(queries, 0.5)) for c, od in ods.items()})

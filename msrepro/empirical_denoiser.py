@@ -8,10 +8,10 @@ For training points {y_i} and x_t ~ N(s y, s^2 sigma^2 I), in the scaled variabl
 
 and eps*(x) = (x - E[y | x]) / sigma. The constant ||x||^2 term is dropped (it cancels in the normalisation),
 which also removes the worst float32 cancellation. Computed with two GEMMs per dataset chunk (into a preallocated
-buffer) and a streaming (online) log-sum-exp, so memory is O(B chunk + B n) whatever N is. The default chunk, 4096
-rows, keeps the [B, chunk] logits of B = 256 queries in 4 MB (half per thread on two cores: within each core's
-L2) and the chunk's data, read by both GEMMs, in 48 MB (within a 100 MB L3), with few enough chunks that the
-per-op thread synchronisation stays small; bench/optimal_denoiser.py sweeps it.
+buffer) and a streaming (online) log-sum-exp, so memory is O(B chunk + B n) whatever N is. The default chunk is the
+largest whose [B, chunk] logits fit a 64 MB workspace (``auto_chunk``): the whole of CIFAR-10 (N = 50 000) for
+B <= 335 queries, so each GEMM is one large BLAS call of the reference matmul's own shape and the element-wise
+passes are few (each is a thread synchronisation point); bench/optimal_denoiser.py sweeps the chunk.
 """
 
 from __future__ import annotations
@@ -39,7 +39,16 @@ def cut_exp_(a: torch.Tensor) -> torch.Tensor:
     return a.clamp_min_(-LOG_CUTOFF).exp_().sub_(math.exp(-LOG_CUTOFF))
 
 
-def posterior_mean(x: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor | float, *, chunk_size: int = 4096,
+WORKSPACE_BYTES = 64 * 2**20  # the default [B, chunk] logits buffer
+
+
+def auto_chunk(batch: int, n_data: int, itemsize: int = 4) -> int:
+    """Dataset rows per chunk: as many as fit ``WORKSPACE_BYTES`` of [batch, chunk] logits (>= 1024, <= N)."""
+    return max(1, min(n_data, max(1024, WORKSPACE_BYTES // (itemsize * max(batch, 1)))))
+
+
+def posterior_mean(x: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor | float, *,
+                   chunk_size: int | None = None,
                    data_sq_norms: torch.Tensor | None = None, workspace: torch.Tensor | None = None) -> torch.Tensor:
     """E[y | x] for queries x [B, n] against data [N, n] at noise levels sigma ([B] or scalar) — Eq. 4.
 
@@ -59,7 +68,7 @@ def posterior_mean(x: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor | fl
     if data_sq_norms is None:
         data_sq_norms = squared_norms(data)
     sq_norms = data_sq_norms.reshape(1, -1)  # O(N), negligible beside the O(B N n) GEMMs
-    chunk = max(1, min(chunk_size, n_data))
+    chunk = auto_chunk(b, n_data, x.element_size()) if chunk_size is None else max(1, min(chunk_size, n_data))
     if workspace is None or workspace.numel() < b * chunk:
         workspace = torch.empty(b * chunk, dtype=x.dtype, device=x.device)
     run_max = torch.full((b, 1), -torch.inf, dtype=x.dtype, device=x.device)
@@ -87,7 +96,7 @@ class OptimalDenoiser:
     float64 available; computation happens on ``data``'s device.
     """
 
-    def __init__(self, data: torch.Tensor, *, dtype: torch.dtype = torch.float32, chunk_size: int = 4096,
+    def __init__(self, data: torch.Tensor, *, dtype: torch.dtype = torch.float32, chunk_size: int | None = None,
                  device: torch.device | str | None = None) -> None:
         self.sample_shape = tuple(data.shape[1:])
         self.data = data.reshape(data.shape[0], -1).to(device=device or data.device, dtype=dtype).contiguous()
@@ -103,10 +112,12 @@ class OptimalDenoiser:
         """The posterior mean E[y | x] (an x_0 estimate), same shape and dtype as x."""
         flat = x.reshape(x.shape[0], -1).to(self.data.device, self.dtype)
         sig = torch.as_tensor(sigma, device=self.data.device, dtype=self.dtype)
-        need = flat.shape[0] * min(self.chunk_size, self.num_points)
+        chunk = auto_chunk(flat.shape[0], self.num_points, self.data.element_size()) if self.chunk_size is None \
+            else min(self.chunk_size, self.num_points)
+        need = flat.shape[0] * chunk
         if self._workspace is None or self._workspace.numel() < need:
             self._workspace = torch.empty(need, dtype=self.dtype, device=self.data.device)
-        out = posterior_mean(flat, self.data, sig, chunk_size=self.chunk_size, data_sq_norms=self.sq_norms,
+        out = posterior_mean(flat, self.data, sig, chunk_size=chunk, data_sq_norms=self.sq_norms,
                              workspace=self._workspace)
         return out.reshape(x.shape).to(x.device, x.dtype)
 
