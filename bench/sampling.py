@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 VARIANTS = {"unified": ["model.variant=unified"], "multistage": ["model.variant=multistage"]}
 
@@ -104,6 +105,24 @@ def stage_sigmas(model) -> list[float]:
             for lo, hi in model.boundaries.intervals()]
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts the ATen ops one call dispatches (each a fixed per-op cost on the CPU, whatever its width)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_call(model, x: torch.Tensor, sigma: float) -> int:
+    with torch.no_grad(), _OpCounter() as counter:
+        model(x, torch.full((x.shape[0],), sigma, device=x.device))
+    return counter.count
+
+
 def timed_calls(models: dict, args: argparse.Namespace, device: str, sigmas: list[float]) -> dict:
     """Wall and process-CPU seconds per round of each (model, stage) denoiser call, in rotating order."""
     from msrepro.models import data_shape
@@ -115,7 +134,7 @@ def timed_calls(models: dict, args: argparse.Namespace, device: str, sigmas: lis
     calls = {("unified", 0): (models["unified"][0], sigmas[0])}
     calls.update({("multistage", k): (models["multistage"][0], s) for k, s in enumerate(sigmas)})
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    times: dict = {key: {"wall": [], "cpu": []} for key in calls}
+    times: dict = {key: {"wall": [], "cpu": [], "ops": ops_per_call(m, x[:1], s)} for key, (m, s) in calls.items()}
     with torch.no_grad():
         for key, (model, sigma) in calls.items():  # warm-up: kernels, allocator
             model(x[:args.warmup_batch] * (1 + sigma), torch.full((args.warmup_batch,), sigma, device=device))
@@ -147,14 +166,15 @@ def calls_report(models: dict, args: argparse.Namespace, device: str) -> list[st
     acc = {v: accounting(cfg) for v, (_, cfg) in models.items()}
     nfe = acc["multistage"]["nfe_per_stage"]
     g_uni, g_ms = acc["unified"]["gmacs"][0], acc["multistage"]["gmacs"]
-    med = {key: {kind: statistics.median(ts) for kind, ts in t.items()} for key, t in times.items()}
-    rows = [["unified", "all", "-", f"{g_uni:.3f}", "1.000", f"{med['unified', 0]['wall'] * 1e3:.0f}",
+    med = {key: {kind: statistics.median(t[kind]) for kind in ("wall", "cpu")} for key, t in times.items()}
+    rows = [["unified", "all", "-", str(times["unified", 0]["ops"]), f"{g_uni:.3f}", "1.000", f"{med['unified', 0]['wall'] * 1e3:.0f}",
              f"{med['unified', 0]['cpu'] * 1e3:.0f}", "1.000", "1.000",
              f"{acc['unified']['gflops'][0] * args.batch / med['unified', 0]['wall']:.1f}",
              " ".join(f"{t:.2f}" for t in times["unified", 0]["wall"])]]
     for k, sigma in enumerate(sigmas):
         m = med["multistage", k]
-        rows.append(["multistage", f"{k} (sigma {sigma:.3g})", str(nfe[k]), f"{g_ms[k]:.3f}",
+        rows.append(["multistage", f"{k} (sigma {sigma:.3g})", str(nfe[k]), str(times["multistage", k]["ops"]),
+                     f"{g_ms[k]:.3f}",
                      f"{g_ms[k] / g_uni:.3f}", f"{m['wall'] * 1e3:.0f}", f"{m['cpu'] * 1e3:.0f}",
                      f"{m['wall'] / med['unified', 0]['wall']:.3f}", f"{m['cpu'] / med['unified', 0]['cpu']:.3f}",
                      f"{acc['multistage']['gflops'][k] * args.batch / m['wall']:.1f}",
@@ -167,7 +187,7 @@ def calls_report(models: dict, args: argparse.Namespace, device: str) -> list[st
         return uni, ms
 
     gmacs_ratio = g_uni / nfe_weighted_gmacs(g_ms, nfe)
-    lines = [tabulate(rows, headers=["model", "stage", "NFE", "GMACs", "GMACs / unified", "ms/call (wall)",
+    lines = [tabulate(rows, headers=["model", "stage", "NFE", "ops/call", "GMACs", "GMACs / unified", "ms/call (wall)",
                                      "ms/call (CPU)", "time / unified (wall)", "time / unified (CPU)",
                                      "GFLOP/s (wall)", "call times (s)"], disable_numparse=True), ""]
     for kind in ("wall", "cpu"):
