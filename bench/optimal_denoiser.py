@@ -143,22 +143,27 @@ def main(argv: list[str] | None = None) -> str:
             rows.append((threads, c, paired))
     torch.set_num_threads(default_threads)
 
-    headline = [r for r in rows if r[0] == 0] or [r for r in rows if r[0] == rows[-1][0]]  # torch's default threads
-    threads, chunk, paired = max(headline, key=lambda r: r[2])
-    say(f"\nbest at {threads or default_threads} thread(s): chunk {chunk}, ratio to torch.matmul {paired:.3f} "
-        f"(median paired; goal >= 0.9)")
+    at_default = [r for r in rows if r[0] == 0] or [r for r in rows if r[0] == rows[-1][0]]  # torch's default threads
+    threads, chunk, paired = max(at_default, key=lambda r: r[2])
+    default_chunk = auto_chunk(b, n)
+    shipped = [r for r in at_default if r[1] == default_chunk]
+    if shipped:
+        say(f"\nthe default chunk ({default_chunk}) at {shipped[0][0] or default_threads} thread(s): ratio to "
+            f"torch.matmul {shipped[0][2]:.3f} (median paired; goal >= 0.9)")
+    say(f"{'' if shipped else chr(10)}best chunk at {threads or default_threads} thread(s): {chunk}, ratio "
+        f"{paired:.3f} (median paired)")
     if dev.type == "cuda":
         say(f"peak GPU memory: {torch.cuda.max_memory_allocated(dev) / 2**20:.0f} MB")
     hwm = vm_kb("VmHWM")
     say(f"peak resident memory (VmHWM, whole process incl. torch, the {data.numel() * 4 / 2**20:.0f} MB data and "
         f"the {ref_out.numel() * 4 / 2**20:.0f} MB matmul output): {hwm:.0f} MB = {hwm / 1024:.2f} GB (goal < 2 GB)")
-    fresh = OptimalDenoiser(data, chunk_size=chunk)  # allocates its workspace in the measured call
+    fresh = OptimalDenoiser(data)  # the default chunk; allocates its workspace in the measured call
     rss = vm_kb("VmRSS")
     if reset_peak_rss():
         fresh(queries, 0.5)
         extra = vm_kb("VmHWM") - rss
-        say(f"denoiser working memory on top of the data (chunk {chunk}, B {b}; VmHWM after reset minus VmRSS "
-            f"before): {extra:.1f} MB")
+        say(f"denoiser working memory on top of the data (default chunk {default_chunk}, B {b}; VmHWM after reset "
+            f"minus VmRSS before): {extra:.1f} MB")
     say(f"load average after: {loadavg()}; bench wall time {time.perf_counter() - t_start:.0f} s")
     text = "\n".join(lines) + "\n"
     if args.out:
