@@ -157,8 +157,8 @@ def stage_fid(s: dict, workdir: Path, out: list[str], ckpts: dict) -> None:
 
 def stage_od(s: dict, out: list[str]) -> None:
     small = ["--n-data", "2000", "--dim", "64", "--batch", "16", "--chunks", "512,1024", "--repeats", "1"]
-    cmd = [sys.executable, str(ROOT / "bench/optimal_denoiser.py"), "--device", s["device"],
-           *(small if s["device"] == "cpu" else [])]
+    cmd = [sys.executable, str(ROOT / "bench/optimal_denoiser.py"), "--device", s["device"], "--out", "",
+           *(small if s["device"] == "cpu" else [])]  # its figures go to gpu.txt, not the CPU record
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(f"bench/optimal_denoiser.py exited {proc.returncode}:\n{proc.stderr[-3000:]}")

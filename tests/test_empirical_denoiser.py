@@ -1,5 +1,7 @@
 """The optimal denoiser (Eq. 4) against closed forms and an independent dense float64 computation."""
 
+import math
+
 import pytest
 import torch
 
@@ -87,3 +89,28 @@ def test_cuda_matches_cpu():
     gpu = OptimalDenoiser(data, dtype=torch.float64, device="cuda", chunk_size=100)(x.double(), 0.3)
     assert gpu.device.type == "cpu"  # results come back on the query's device
     assert torch.allclose(gpu, cpu, atol=1e-10)
+
+
+def test_auto_chunk_bounds_the_workspace_and_matches_explicit_chunks():
+    from msrepro.empirical_denoiser import WORKSPACE_BYTES, auto_chunk
+
+    assert auto_chunk(256, 50_000) == 50_000  # CIFAR-10 at B = 256: one chunk, 51 MB of logits
+    assert auto_chunk(2048, 50_000) * 2048 * 4 <= WORKSPACE_BYTES
+    assert auto_chunk(10**6, 50_000) == 1024 and auto_chunk(4, 100) == 100
+    g = torch.Generator().manual_seed(6)
+    data = torch.rand(500, 12, generator=g, dtype=torch.float64)
+    x = data[:9] + 0.2 * torch.randn(9, 12, generator=g, dtype=torch.float64)
+    sigma = torch.linspace(0.01, 3.0, 9, dtype=torch.float64)
+    want = dense_reference(x, data, sigma)
+    assert torch.allclose(OptimalDenoiser(data, dtype=torch.float64)(x, sigma), want, atol=1e-10)
+    assert torch.allclose(OptimalDenoiser(data, dtype=torch.float64, chunk_size=13)(x, sigma), want, atol=1e-10)
+
+
+def test_weights_beyond_the_cutoff_are_exact_zeros():
+    from msrepro.empirical_denoiser import LOG_CUTOFF, cut_exp_
+
+    a = torch.tensor([0.0, -1.0, -LOG_CUTOFF + 1.0, -LOG_CUTOFF - 1e-3, -1e4, -torch.inf])
+    w = cut_exp_(a.clone())
+    assert w[3:].eq(0).all() and (w[:3] > 0).all()
+    assert torch.allclose(w[:3], torch.exp(a[:3]), rtol=0, atol=2 * math.exp(-LOG_CUTOFF))
+    assert not ((w > 0) & (w < torch.finfo(w.dtype).tiny)).any()  # no subnormal weights reach the GEMM

@@ -72,7 +72,7 @@ class ODConfig:
     min_size: int = 1                # fewest grid points per interval (interval_dp); official 1
     max_size: Optional[int] = None   # most grid points per interval (interval_dp); official: no limit
     dtype: str = "float32"           # optimal-denoiser arithmetic: float32 or float64
-    chunk_size: int = 16384          # dataset chunk per GEMM (bounded memory; bench/optimal_denoiser.py)
+    chunk_size: Optional[int] = None  # dataset rows per GEMM; None: a 64 MB logits workspace (auto_chunk)
     query_batch: int = 2048          # queries per optimal-denoiser call
 
 
