@@ -78,7 +78,7 @@ def test_vae_config_presets_and_errors():
     assert (list(cfg.model.ch_mult), cfg.model.z_channels, cfg.dataset.resolution) == ([1, 2, 4], 3, 256)
     assert cfg.loss.lpips_weight == 1.0 and cfg.loss.kl_weight == 1e-6 and cfg.loss.disc_start == 50001
     tiny = load_vae_config()
-    assert (tiny.dataset.name, tiny.dataset.resolution, list(tiny.model.ch_mult)) == ("digits", 16, [1, 2])
+    assert (tiny.dataset.name, tiny.dataset.resolution, list(tiny.model.ch_mult)) == ("digits", 8, [1, 2])  # native 8 px
     with pytest.raises(ConfigError, match="Valid presets: full, smoke, tiny"):
         load_vae_config(overrides=["preset=huge"])
     with pytest.raises(ConfigError, match="dataset.resolution"):

@@ -29,7 +29,8 @@ FULL: dict[str, Any] = {
 
 #: digits at their native 8 px; 2 levels, 1 residual block per level, attention at 4 px, no dropout. The encoder is
 #: 64 wide so the 0.125x decoder keeps 8 channels (decoders 1.5 / 1 / 0.125 x the encoder, as the paper's);
-#: channel_mult [1, 1] keeps the 4 px level at the same width (cost). One recipe for every tiny cell.
+#: channel_mult [1, 1] keeps the 4 px level at the same width (cost); GroupNorm 8 groups so that every width, skip
+#: concatenations included (8 + 64 = 72), splits evenly. One recipe for every tiny cell.
 TINY_TRAIN: dict[str, Any] = {
     "steps": 800, "batch_size": 64, "optimizer": "adam", "lr": 2e-3, "warmup_steps": 50, "grad_clip": 1.0,
     "ema_decay": 0.995, "ema_halflife_kimg": None, "stage_policy": "stage_uniform", "augment_p": 0.0,
@@ -40,7 +41,7 @@ TINY: dict[str, Any] = {
     "dataset": {"name": "digits", "resolution": 8, "hflip": False},
     "model": {"encoder_channels": 64, "decoder_channels": [96, 64, 8],
               "params": {**NETWORK, "channel_mult": [1, 1], "num_blocks": 1, "attn_resolutions": [4],
-                         "dropout": 0.0}},
+                         "dropout": 0.0, "norm_groups": 8}},
     "stages": STAGES,
     "train": TINY_TRAIN,
     "sample": {"sampler": "dpm_solver", "params": SAMPLER, "num": 297, "batch_size": 297},

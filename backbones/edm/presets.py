@@ -31,7 +31,8 @@ FULL: dict[str, Any] = {
 }
 
 #: digits at their native 8 px; 2 levels (EDM's flat channel_mult [2, 2]: 64 wide at both), 1 residual block per
-#: level, attention at 4 px, no dropout; decoders 1.5 / 1 / 0.125 x the encoder (the smallest 8 channels wide).
+#: level, attention at 4 px, no dropout; decoders 1.5 / 1 / 0.125 x the encoder (the smallest 8 channels wide);
+#: GroupNorm 8 groups so that every width, skip concatenations included (8 + 64 = 72), splits evenly.
 #: One recipe for every tiny cell; EMA half-life with EDM's ramp-up (0.05 x images seen caps it).
 TINY_TRAIN: dict[str, Any] = {
     "steps": 800, "batch_size": 64, "optimizer": "adam", "lr": 2e-3, "warmup_steps": 50, "grad_clip": None,
@@ -43,7 +44,7 @@ TINY: dict[str, Any] = {
     "dataset": {"name": "digits", "resolution": 8, "hflip": False},
     "model": {"encoder_channels": 32, "decoder_channels": [48, 32, 4],
               "params": {**NETWORK, "channel_mult": [2, 2], "num_blocks": 1, "attn_resolutions": [4],
-                         "dropout": 0.0}},
+                         "dropout": 0.0, "norm_groups": 8}},
     "stages": STAGES,
     "train": TINY_TRAIN,
     "sample": {"sampler": "heun", "params": SAMPLER, "num": 297, "batch_size": 297},
