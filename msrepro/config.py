@@ -87,6 +87,7 @@ class TrainConfig:
     precision: str = "fp32"           # fp32 or bf16 (autocast, GPU)
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
+    save_steps: List[int] = field(default_factory=list)  # steps whose checkpoint is kept for good (quality curves)
     log_every: int = 50
     early_stopping: Dict[str, Any] = field(default_factory=dict)  # per stage: {patience: 5, min_delta: 0.0}
     heldout_size: int = 256           # images of the held-out split used for the held-out denoising loss

@@ -193,8 +193,14 @@ def test_full_presets_carry_the_paper_settings():
 @pytest.mark.parametrize("preset", ["tiny", "smoke"])
 def test_small_presets_are_digits_sized(backbone, preset):
     cfg = load_config(overrides=[f"model.backbone={backbone}", f"model.preset={preset}"], validate=False)
-    assert (cfg.dataset.name, cfg.dataset.resolution, data_shape(cfg)) == ("digits", 16, (1, 16))
-    assert cfg.model.encoder_channels <= 32 and max(cfg.model.decoder_channels) <= 48
+    assert (cfg.dataset.name, cfg.dataset.resolution, data_shape(cfg)) == ("digits", 8, (1, 8))  # native 8 px
+    assert len(cfg.model.params.channel_mult) == 2 and cfg.model.params.num_blocks == 1
+    assert list(cfg.model.params.attn_resolutions) == [4]  # attention at one level
+    mult0 = cfg.model.params.channel_mult[0]
+    assert min(cfg.model.decoder_channels) * mult0 >= 8  # the narrowest decoder still has 8 channels
+    if preset == "tiny":  # the paper's decoder widths: 1.5 / 1 / 0.125 x the encoder
+        e = cfg.model.encoder_channels
+        assert [d / e for d in cfg.model.decoder_channels] == [1.5, 1.0, 0.125]
     assert cfg.sample.sampler == get_backbone(backbone).default_sampler
     validate_stages(cfg)
     get_backbone(backbone).validate(cfg)
@@ -205,7 +211,7 @@ def test_small_presets_are_digits_sized(backbone, preset):
     ("model.decoder_channels=[18,32,8]", "model.decoder_channels"),
     ("model.params.middle=bottom", "model.params.middle"),
     ("model.params.resample_filter=[1,2,1]", "model.params.resample_filter"),
-    ("dataset.resolution=10", "dataset.resolution"),
+    ("dataset.resolution=9", "dataset.resolution"),  # tiny: 2 levels, so the side must be even
     ("schedule.name=edm", "schedule.name"),
 ])
 def test_bad_network_options_fail_early_naming_the_key(override, key):

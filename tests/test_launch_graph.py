@@ -179,6 +179,17 @@ def test_presets_scale_the_budgets():
     assert set(PRESETS) == {"full", "tiny", "smoke"}
 
 
+@pytest.mark.parametrize("unified,multistage", [("dpm_solver", "dpm_solver_multistage"),
+                                                ("edm_celeba", "edm_celeba_multistage"), ("ldm", "ldm_multistage")])
+def test_tiny_table2_keeps_the_papers_iteration_ratio_and_curve_checkpoints(unified, multistage):
+    t2 = load_table("table2")
+    uni, ms = (row_config(t2.row(r), "tiny") for r in (unified, multistage))
+    ratio = t2.row(multistage).paper["iterations"] / t2.row(unified).paper["iterations"]  # e.g. 250k / 450k
+    assert ms.train.steps == round(uni.train.steps * ratio)
+    for cfg in (uni, ms):  # checkpoints kept at 20 / 40 / 60 / 80 % of training (the last one is the final)
+        assert list(cfg.train.save_steps) == [round(cfg.train.steps * f / 5) for f in range(1, 5)]
+
+
 @pytest.mark.parametrize("bad, valid", [(["table9"], "table1, table2, table3, table4"), (["all"], None)])
 def test_bad_names_list_the_valid_ones(bad, valid):
     if valid is None:

@@ -244,3 +244,28 @@ def test_a_start_that_fails_on_missing_data_leaves_no_run_directory(tmp_path):
         train(cfg_for(tmp_path, "r", "dataset.name=cifar10", f"dataset.root={tmp_path / 'missing'}"), progress=False)
     assert not (tmp_path / "r").exists()
     assert train(cfg_for(tmp_path, "r", "train.steps=1"), progress=False).step == 1
+
+
+def test_save_steps_are_kept_for_good_and_hold_that_steps_weights(tmp_path):
+    run = train(cfg_for(tmp_path, "curve", "train.steps=12", "train.save_steps=[3,5]"), progress=False)
+    names = [p.name for p in list_checkpoints(run.run_dir)]
+    # 3 and 5 are permanent; the rolling window (keep_checkpoints=2) holds 10 and 12
+    assert names == ["ckpt-00000003.pt", "ckpt-00000005.pt", "ckpt-00000010.pt", "ckpt-00000012.pt"]
+    short = train(cfg_for(tmp_path, "short", "train.steps=3"), progress=False)  # an independent 3-step run
+    saved = load_checkpoint(run.run_dir / "checkpoints" / "ckpt-00000003.pt")
+    assert saved["step"] == 3
+    assert_same(saved["model"], weights(short.checkpoint))
+    plain = train(cfg_for(tmp_path, "plain", "train.steps=12"), progress=False)
+    assert [p.name for p in list_checkpoints(plain.run_dir)] == ["ckpt-00000010.pt", "ckpt-00000012.pt"]
+
+
+def test_early_stopped_steps_are_reported_per_stage(tmp_path):
+    # min_delta larger than any loss: no evaluation after the first improves, so patience 1 stops every stage at
+    # the first held-out evaluation after step 0 (heldout_every = checkpoint_every = 5) and training ends there
+    stop = train(cfg_for(tmp_path, "es", "model.variant=separate", "train.steps=12", "train.early_stopping.patience=1",
+                         "train.early_stopping.min_delta=1e9"), progress=False)
+    assert stop.step == 5 and stop.metrics["early_stopped"] == {"0": 5, "1": 5, "2": 5}
+    never = train(cfg_for(tmp_path, "es_off", "model.variant=separate", "train.steps=6",
+                          "train.early_stopping.patience=100"), progress=False)
+    assert never.step == 6 and never.metrics["early_stopped"] == {"0": None, "1": None, "2": None}
+    assert "early_stopped" not in train(cfg_for(tmp_path, "no_es", "train.steps=2"), progress=False).metrics

@@ -78,7 +78,7 @@ def test_vae_config_presets_and_errors():
     assert (list(cfg.model.ch_mult), cfg.model.z_channels, cfg.dataset.resolution) == ([1, 2, 4], 3, 256)
     assert cfg.loss.lpips_weight == 1.0 and cfg.loss.kl_weight == 1e-6 and cfg.loss.disc_start == 50001
     tiny = load_vae_config()
-    assert (tiny.dataset.name, tiny.dataset.resolution, list(tiny.model.ch_mult)) == ("digits", 16, [1, 2])
+    assert (tiny.dataset.name, tiny.dataset.resolution, list(tiny.model.ch_mult)) == ("digits", 8, [1, 2])  # native 8 px
     with pytest.raises(ConfigError, match="Valid presets: full, smoke, tiny"):
         load_vae_config(overrides=["preset=huge"])
     with pytest.raises(ConfigError, match="dataset.resolution"):
@@ -108,7 +108,7 @@ def test_train_vae_writes_checkpoint_with_data_scale_factor(smoke_vae):
     state = load_checkpoint(ckpt)
     vae = load_vae(ckpt)
     assert float(vae.scale_factor) == pytest.approx(state["scale_factor"]) and state["scale_factor"] != 1.0
-    x = load_tensor({"name": "digits", "resolution": 16})[:32]  # smoke: scale_samples 32, one batch, seed 0
+    x = load_tensor({"name": "digits", "resolution": 8})[:32]  # smoke: scale_samples 32, one batch, seed 0
     with torch.no_grad():
         z = vae.encode(x).sample(torch.Generator().manual_seed(0))
     assert float(z.std() * vae.scale_factor) == pytest.approx(1.0, rel=1e-4)
@@ -121,25 +121,25 @@ def test_latent_cache_and_dataset(smoke_vae):
 
     ckpt, cache = smoke_vae
     vae = load_vae(ckpt)
-    x = load_tensor({"name": "digits", "resolution": 16, "limit": 40})
+    x = load_tensor({"name": "digits", "resolution": 8, "limit": 40})
     with torch.no_grad():
         expected = vae.encode(x).mean * vae.scale_factor
     state = read_cache(cache)
     torch.testing.assert_close(state["mean"], expected, rtol=1e-4, atol=1e-5)
-    ds = build_dataset({"name": "latents", "root": str(cache), "resolution": 8, "params": {"sample_posterior": False}})
+    ds = build_dataset({"name": "latents", "root": str(cache), "resolution": 4, "params": {"sample_posterior": False}})
     assert len(ds) == 40 and torch.equal(ds[3], state["mean"][3])
-    sampled = build_dataset({"name": "latents", "root": str(cache), "resolution": 8})
+    sampled = build_dataset({"name": "latents", "root": str(cache), "resolution": 4})
     torch.manual_seed(0)
     draws = torch.stack([sampled[3] for _ in range(400)])
     torch.testing.assert_close(draws.mean(0), state["mean"][3], atol=4 * float(state["std"][3].max()) / 20, rtol=0)
-    with pytest.raises(ConfigError, match="dataset.resolution=8"):
-        build_dataset({"name": "latents", "root": str(cache), "resolution": 16})
+    with pytest.raises(ConfigError, match="dataset.resolution=4"):
+        build_dataset({"name": "latents", "root": str(cache), "resolution": 8})
     with pytest.raises(ConfigError, match="hflip"):
-        build_dataset({"name": "latents", "root": str(cache), "resolution": 8, "hflip": True})
+        build_dataset({"name": "latents", "root": str(cache), "resolution": 4, "hflip": True})
     with pytest.raises(ConfigError, match="dataset.split=test"):
-        build_dataset({"name": "latents", "root": str(cache), "resolution": 8, "split": "test"})
+        build_dataset({"name": "latents", "root": str(cache), "resolution": 4, "split": "test"})
     with pytest.raises(FileNotFoundError, match="encode-latents"):
-        build_dataset({"name": "latents", "root": str(cache) + ".missing", "resolution": 8})
+        build_dataset({"name": "latents", "root": str(cache) + ".missing", "resolution": 4})
 
 
 def test_ldm_denoiser_decodes_through_the_vae(smoke_vae):

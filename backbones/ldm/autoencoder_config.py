@@ -2,7 +2,7 @@
 
 Presets: ``full`` = latent-diffusion's ``kl-f4`` on CelebA-HQ 256 (64 x 64 x 3 latents; loss L1 + LPIPS(vgg) +
 1e-6 KL, patch discriminator from step 50 001 with weight 0.5, Adam 4.5e-6 x batch); ``tiny`` = factor 2 on the
-embedded digits at 16 px (8 x 8 x 3 latents) and ``smoke`` for tests.
+embedded digits at their native 8 px (4 x 4 x 3 latents) and ``smoke`` for tests.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ FULL: dict[str, Any] = {
 }
 
 TINY: dict[str, Any] = {
-    "dataset": {"name": "digits", "resolution": 16, "hflip": False},
+    "dataset": {"name": "digits", "resolution": 8, "hflip": False},
     "model": {"ch": 16, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "z_channels": 3,
               "norm_groups": 8},
     # LPIPS's ImageNet networks see nothing useful in 16 px single-channel digits: L1 + KL, no discriminator

@@ -32,8 +32,10 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module, beta: float) -> None:
-        for e, p in zip(self.module.parameters(), model.parameters()):
-            e.lerp_(p.detach(), 1.0 - beta)
+        """One multi-tensor lerp over all parameters (one kernel launch per dtype/device, not per tensor)."""
+        ema, params = list(self.module.parameters()), [p.detach() for p in model.parameters()]
+        if ema:
+            torch._foreach_lerp_(ema, params, 1.0 - beta)
         for e, b in zip(self.module.buffers(), model.buffers()):
             e.copy_(b)
 

@@ -34,7 +34,7 @@ from msrepro.training.state import latest_checkpoint, load_latest, rng_state, sa
 log = logging.getLogger(__name__)
 #: config keys that may differ when an existing run directory is resumed (they do not change what is trained)
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                     "train.heldout_every", "device", "output_dir", "sample", "eval", "cluster")
+                     "train.heldout_every", "train.save_steps", "device", "output_dir", "sample", "eval", "cluster")
 
 
 @dataclass
@@ -192,7 +192,8 @@ class Trainer:
                            "metrics": dict(self.last_metrics)}}
         path = None
         if self.info.is_main:
-            path = save_and_prune(self.run_dir, self.step, state, self.cfg.train.keep_checkpoints)
+            path = save_and_prune(self.run_dir, self.step, state, self.cfg.train.keep_checkpoints,
+                                  permanent=self.cfg.train.save_steps)
         barrier(self.info)
         return path or latest_checkpoint(self.run_dir)
 
@@ -251,6 +252,7 @@ class Trainer:
 
         t = self.cfg.train
         every_eval = t.heldout_every or t.checkpoint_every
+        save_steps = set(int(s) for s in t.save_steps)  # kept for good (compute-to-quality curves)
         if self.step == 0 and not self.resume():
             self.evaluate()  # the loss before training
         bar = tqdm(total=t.steps, initial=self.step, desc=f"train {self.cfg.name}", unit="step",
@@ -269,7 +271,7 @@ class Trainer:
                     window = []
                 if self.due(every_eval) and not self.finished():
                     self.evaluate()
-                if self.due(t.checkpoint_every) and not self.finished():
+                if (self.due(t.checkpoint_every) or self.step in save_steps) and not self.finished():
                     self.save()
                 if any_rank(bool(flag), self.info, self.device):
                     raise Preempted(self.step, self.save())
@@ -290,6 +292,8 @@ class Trainer:
             last = self.save()
         metrics = {**self.last_metrics, "wall_s": self.wall_s, "stage_counts": list(self.stage_counts),
                    "images": self.images}
+        if self.es is not None:  # per stage: the step early stopping stopped it at, None = not triggered
+            metrics["early_stopped"] = {str(k): s for k, s in enumerate(self.es.stopped)}
         return TrainResult(self.run_dir, Path(last), self.step, metrics)
 
 

@@ -1,4 +1,5 @@
-"""Run-directory checkpoints: ``checkpoints/ckpt-{step:08d}.pt``, atomic, last N kept, corrupt ones skipped."""
+"""Run-directory checkpoints: ``checkpoints/ckpt-{step:08d}.pt``, atomic, last N kept (plus the permanent
+``train.save_steps``), corrupt ones skipped."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -51,10 +52,22 @@ def load_latest(run_dir: str | Path, map_location: str = "cpu") -> tuple[Path, d
     return None
 
 
-def save_and_prune(run_dir: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Write the step's checkpoint atomically, then delete all but the newest ``keep``."""
+def checkpoint_step(path: str | Path) -> int:
+    """The training step of a checkpoint file named ``ckpt-{step:08d}.pt``."""
+    m = PATTERN.match(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path} is not named ckpt-<step>.pt")
+    return int(m.group(1))
+
+
+def save_and_prune(run_dir: str | Path, step: int, state: dict[str, Any], keep: int,
+                   permanent: Iterable[int] = ()) -> Path:
+    """Write the step's checkpoint atomically, then delete all but the newest ``keep``; the checkpoints of the
+    ``permanent`` steps are never deleted and do not count towards ``keep``."""
     path = save_checkpoint(checkpoint_path(run_dir, step), {"step": step, **state})
-    for old in list_checkpoints(run_dir)[:-keep]:
+    keep_forever = set(int(s) for s in permanent)
+    rolling = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) not in keep_forever or p == path]
+    for old in rolling[:-keep]:
         old.unlink(missing_ok=True)
     return path
 
