@@ -56,7 +56,7 @@ def png_path(ckpt: Path, args, sample: dict, folder: Path) -> tuple[float, dict]
     import torch_fidelity
 
     from msrepro.checkpoint import load_model
-    from msrepro.evaluation.evaluate import plan
+    from msrepro.evaluation.scoring import plan
     from msrepro.evaluation.metrics import build_metrics, parse_params
     from msrepro.evaluation.reference import REF, CachedReference, refstats
     from msrepro.models import data_shape

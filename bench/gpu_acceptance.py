@@ -127,7 +127,7 @@ def samples(model, cfg, seeds: list[int], device: str) -> torch.Tensor:
 
 def stage_fid(s: dict, workdir: Path, out: list[str], ckpts: dict) -> None:
     from msrepro.checkpoint import load_model
-    from msrepro.evaluation.evaluate import compute
+    from msrepro.evaluation.scoring import compute
     from msrepro.evaluation.metrics import build_metrics, parse_params, resolve_extractor
     from msrepro.evaluation.reference import UInt8Images, build_reference
 

@@ -7,7 +7,7 @@ from msrepro.training.state import latest_checkpoint
 from msrepro.training.builders import heldout_images, noise_setup
 from msrepro.training.heldout import heldout_set, heldout_losses
 from msrepro.generation import generate
-from msrepro.evaluation.evaluate import plan, compute, image_dataset
+from msrepro.evaluation.scoring import plan, compute, image_dataset
 from msrepro.evaluation.metrics import build_metrics, parse_params
 from msrepro.evaluation.reference import refstats
 from pathlib import Path

@@ -17,7 +17,7 @@ import msrepro._builtins  # noqa: F401
 from msrepro.checkpoint import save_checkpoint
 from msrepro.config import ConfigError
 from msrepro.evaluation import digits_classifier as dc
-from msrepro.evaluation import evaluate as ev
+from msrepro.evaluation import scoring as ev
 from msrepro.evaluation import reference as rs
 from msrepro.evaluation.metrics import Extractor, build_metrics, EvalParams
 from samplers_tiny_model import tiny_checkpoint

@@ -15,7 +15,7 @@ from typing import Any
 from msrepro.evaluation import inception, metrics  # noqa: F401  (registrations)
 from msrepro.evaluation.metrics import LABELS
 
-_LAZY = {"evaluate_checkpoint": "msrepro.evaluation.evaluate", "refstats": "msrepro.evaluation.reference",
+_LAZY = {"evaluate_checkpoint": "msrepro.evaluation.scoring", "refstats": "msrepro.evaluation.reference",
          "evaluate_run": "msrepro.evaluation.runs", "plot_metric_vs_iterations": "msrepro.evaluation.runs"}
 
 __all__ = ["LABELS", "evaluate_checkpoint", "evaluate_run", "plot_metric_vs_iterations", "refstats"]

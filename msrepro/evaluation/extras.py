@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from msrepro.config import merge, to_dict
-from msrepro.evaluation.evaluate import _summary, build_metrics, compute, image_dataset, parse_params, plan
+from msrepro.evaluation.scoring import _summary, build_metrics, compute, image_dataset, parse_params, plan
 from msrepro.evaluation.reference import UInt8Images, reference_dataset, refstats
 from msrepro.evaluation.runs import evaluate_run
 from msrepro.io import atomic_write_json

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from msrepro.evaluation.evaluate import evaluate_checkpoint
+from msrepro.evaluation.scoring import evaluate_checkpoint
 from msrepro.evaluation.metrics import LABELS
 from msrepro.flops import training_pflops
 from msrepro.io import append_jsonl, atomic_write
