@@ -135,3 +135,20 @@ def test_table_notes_say_which_objective_gave_the_cut_points(tmp_path):
     assert "cut points of SNR" not in md  # a result without an objective (older runs) adds no note
     assert json.loads(render(load_table("table4"), [run], "json"))["notes"][0].startswith("A: cut points of Optimal")
     assert "cut points of" not in render(load_table("table3"), [run], "md")  # no cut-point columns there
+
+
+def test_copy_run_results_replaces_what_an_earlier_run_left(tmp_path):
+    """results/<run> is rebuilt from the work folder: a cell, grid or plot of an earlier run does not survive."""
+    from msrepro.launch.results import copy_run_results
+
+    run_dir, out = tmp_path / "runs" / "r", tmp_path / "results" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text("{}")
+    (run_dir / "graph.json").write_text('{"steps": {}, "cells": {}}')
+    for sub in ("cells", "grids", "plots"):
+        (out / sub).mkdir(parents=True)
+        (out / sub / "stale.json").write_text("{}")
+    made = copy_run_results(run_dir, out)
+    assert made == {"cells": [], "grids": [], "plots": []}
+    assert not any((out / sub).exists() for sub in ("cells", "grids", "plots"))
+    assert (out / "run.json").is_file() and (out / "states.json").is_file()

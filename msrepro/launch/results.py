@@ -223,7 +223,9 @@ def write_tables(tables: list[Table], runs: list[Run], out_dir: Path, formats: t
 # -- results/<run>/ -----------------------------------------------------------------------------------------------
 def copy_run_results(run_dir: Path, out: Path) -> dict[str, list[str]]:
     """Copy run.json, graph.json, the steps' final states, cell results, sample grids and clustering plots from the
-    work folder ``run_dir`` into ``out`` (``results/<run>``)."""
+    work folder ``run_dir`` into ``out`` (``results/<run>``), replacing what an earlier run left there."""
+    for sub in ("cells", "grids", "plots"):  # copies of the work folder: a stale file would pass for this run's
+        shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     made: dict[str, list[str]] = {"cells": [], "grids": [], "plots": []}
     for name in ("run.json", "graph.json"):
