@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def sizes(dry: bool, args: argparse.Namespace) -> dict:
     if dry:
         return {"preset": "smoke", "device": "cpu", "steps": args.steps or 2, "batch": 4, "num": args.num or 32,
-                "metric": "digits", "precision": "fp32", "res": 16}
+                "metric": "digits", "precision": "fp32", "res": 8}
     return {"preset": "full", "device": "cuda:0", "steps": args.steps or 200, "batch": 128, "num": args.num or 5000,
             "metric": "inception", "precision": "bf16", "res": 32}
 

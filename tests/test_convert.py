@@ -26,6 +26,8 @@ from msrepro.backbones.ldm.autoencoder_config import load_vae_config
 from msrepro.backbones.ldm.autoencoder_training import build_vae, load_vae
 from official_layouts import Persistent, module_state, write_edm_pickle, write_ldm_ckpt, write_score_sde
 
+#: the EDM smoke network at 16 px (attention at 8 px), the geometry the official-key names below are written for
+EDM16 = ["dataset.resolution=16", "model.params.attn_resolutions=[8]"]
 #: format -> (backbone, variant, config items for the smoke model, items the import needs)
 SMOKE = {
     "score_sde": ("dpm_solver", "unified", [], ["dataset.name=digits", "dataset.resolution=16",
@@ -34,8 +36,8 @@ SMOKE = {
     "multistage_sde": ("dpm_solver", "multistage", [], ["dataset.name=digits", "dataset.resolution=16",
                                                          "model.params.resample_filter=[1,3,3,1]",
                                                          "stages.boundaries=[0.4420,0.6308]"]),
-    "edm": ("edm", "unified", [], ["dataset.name=digits", "model.params.norm_groups=16"]),
-    "multistage_edm": ("edm", "multistage", [], ["dataset.name=digits"]),
+    "edm": ("edm", "unified", EDM16, ["dataset.name=digits", "model.params.norm_groups=16", *EDM16]),
+    "multistage_edm": ("edm", "multistage", EDM16, ["dataset.name=digits", *EDM16]),
     "ldm": ("ldm", "unified", [], ["dataset.name=latents", "dataset.resolution=8", "model.params.num_head_channels=8",
                                    "model.params.norm_groups=8", "vae.dataset.name=digits", "vae.scale_factor=0.5",
                                    "vae.model.norm_groups=4"]),
