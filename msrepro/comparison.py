@@ -143,12 +143,9 @@ def compute_to_reach(multistage: Mapping[str, Any], unified: Mapping[str, Any]) 
 # -- early stopping -----------------------------------------------------------------------------------------------
 def early_stopping_note(result: Mapping[str, Any]) -> str:
     """Where each stage's early stopping fired: ``stage 0: step 120, stage 1: not triggered``; ``not triggered``
-    when none did; ``not recorded`` when the result carries no record (``early_stopped`` in the cell or its
-    ``train`` section)."""
+    when none did; ``not recorded`` when the cell carries no ``early_stopped`` record (written by
+    :func:`msrepro.evaluation.extras.cell_extras`)."""
     rec = result.get("early_stopped")
-    if rec is None:
-        train = result.get("train") or {}
-        rec = train.get("early_stopped", (train.get("metrics") or {}).get("early_stopped"))
     if not isinstance(rec, Mapping):
         return "not recorded"
     if all(v is None for v in rec.values()):

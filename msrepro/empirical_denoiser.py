@@ -47,6 +47,11 @@ def auto_chunk(batch: int, n_data: int, itemsize: int = 4) -> int:
     return max(1, min(n_data, max(1024, WORKSPACE_BYTES // (itemsize * max(batch, 1)))))
 
 
+def chunk_rows(chunk_size: int | None, batch: int, n_data: int, itemsize: int) -> int:
+    """``chunk_size`` capped at N, or :func:`auto_chunk` when None."""
+    return auto_chunk(batch, n_data, itemsize) if chunk_size is None else max(1, min(chunk_size, n_data))
+
+
 def posterior_mean(x: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor | float, *,
                    chunk_size: int | None = None,
                    data_sq_norms: torch.Tensor | None = None, workspace: torch.Tensor | None = None) -> torch.Tensor:
@@ -68,7 +73,7 @@ def posterior_mean(x: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor | fl
     if data_sq_norms is None:
         data_sq_norms = squared_norms(data)
     sq_norms = data_sq_norms.reshape(1, -1)  # O(N), negligible beside the O(B N n) GEMMs
-    chunk = auto_chunk(b, n_data, x.element_size()) if chunk_size is None else max(1, min(chunk_size, n_data))
+    chunk = chunk_rows(chunk_size, b, n_data, x.element_size())
     if workspace is None or workspace.numel() < b * chunk:
         workspace = torch.empty(b * chunk, dtype=x.dtype, device=x.device)
     run_max = torch.full((b, 1), -torch.inf, dtype=x.dtype, device=x.device)
@@ -112,12 +117,10 @@ class OptimalDenoiser:
         """The posterior mean E[y | x] (an x_0 estimate), same shape and dtype as x."""
         flat = x.reshape(x.shape[0], -1).to(self.data.device, self.dtype)
         sig = torch.as_tensor(sigma, device=self.data.device, dtype=self.dtype)
-        chunk = auto_chunk(flat.shape[0], self.num_points, self.data.element_size()) if self.chunk_size is None \
-            else min(self.chunk_size, self.num_points)
-        need = flat.shape[0] * chunk
+        need = flat.shape[0] * chunk_rows(self.chunk_size, flat.shape[0], self.num_points, self.data.element_size())
         if self._workspace is None or self._workspace.numel() < need:
             self._workspace = torch.empty(need, dtype=self.dtype, device=self.data.device)
-        out = posterior_mean(flat, self.data, sig, chunk_size=chunk, data_sq_norms=self.sq_norms,
+        out = posterior_mean(flat, self.data, sig, chunk_size=self.chunk_size, data_sq_norms=self.sq_norms,
                              workspace=self._workspace)
         return out.reshape(x.shape).to(x.device, x.dtype)
 

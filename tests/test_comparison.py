@@ -176,8 +176,9 @@ def test_early_stopping_notes(run):
     assert "- T: Separate (+ ES, TP): early stopping: not recorded." in md
     assert "Separate (+ TP): early stopping" not in md  # no early stopping configured: no note
     assert comparison.early_stopping_note({"early_stopped": {"0": None, "1": None}}) == "not triggered"
-    assert comparison.early_stopping_note({"train": {"early_stopped": {"1": 40, "0": None}}}) == \
+    assert comparison.early_stopping_note({"early_stopped": {"1": 40, "0": None}}) == \
         "stage 0: not triggered, stage 1: step 40"
+    assert comparison.early_stopping_note({"train": {"metrics": {}}}) == "not recorded"
 
 
 def test_verdict_closed_forms():

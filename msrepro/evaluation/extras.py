@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from msrepro.config import merge, to_dict
-from msrepro.evaluation.scoring import _summary, build_metrics, compute, image_dataset, parse_params, plan
+from msrepro.evaluation.scoring import build_metrics, compute, image_dataset, mean_std, parse_params, plan
 from msrepro.evaluation.reference import UInt8Images, reference_dataset, refstats
 from msrepro.evaluation.runs import evaluate_run
 from msrepro.io import atomic_write_json
@@ -49,7 +49,7 @@ def real_data_floor(cfg: DictConfig, *, cache: Path | None = None, device: str =
     refs = [refstats(images_cfg, ext, params=params, device=device) for ext, _ in groups]
     runs = [compute(UInt8Images(images[b * n:(b + 1) * n]), chosen, groups, refs, params=params, device=device)
             for b in range(blocks)]
-    mean, std = _summary(runs)
+    mean, std = mean_std(runs)
     out = {"metrics": mean, "metrics_std": std, "num_samples": n, "blocks": blocks, "split": "test",
            "dataset": test_cfg.get("name"), "requested_samples": want,
            "protocol": f"{test_cfg.get('name')} test split, {blocks} disjoint block(s) of {n} images, same "
@@ -93,10 +93,8 @@ def cell_extras(run_dir: str | Path, cfg: DictConfig, train: dict[str, Any], pro
             out["curve"] = checkpoint_curve(cfg, train["run_dir"], progress)
         except Exception as exc:
             errors["curve"] = f"{type(exc).__name__}: {exc}"
-    for where in (train, train.get("metrics") or {}):
-        if "early_stopped" in where:
-            out["early_stopped"] = where["early_stopped"]
-            break
+    if "early_stopped" in (train.get("metrics") or {}):  # the trainer's record (msrepro.training.loop)
+        out["early_stopped"] = train["metrics"]["early_stopped"]
     if errors:
         out["extras_errors"] = errors
     return out

@@ -68,7 +68,8 @@ def _seed_text(seeds: list[int]) -> str:
     return f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else f"{len(seeds)} seeds"
 
 
-def _summary(runs: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+def mean_std(runs: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per metric: mean and sample std over the disjoint seed blocks (std 0 with one block)."""
     keys = runs[0].keys()
     mean = {k: float(statistics.fmean(r[k] for r in runs)) for k in keys}
     std = {k: float(statistics.stdev(r[k] for r in runs)) if len(runs) > 1 else 0.0 for k in keys}
@@ -136,7 +137,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, metrics: Sequence[str] | str 
         runs.append(compute(stream, chosen, groups, refs, params=params, num=len(block), device=dev,
                             batch_size=batch_size))
         nfe = gen.nfe
-    mean, std = _summary(runs)
+    mean, std = mean_std(runs)
     protocol = describe_protocol(groups, refs, len(seed_list), repeats, sample_cfg, nfe)
     return {"metrics": mean, "metrics_std": std, "repeats": runs, "labels": {k: LABELS[k] for k in mean},
             "num_samples": len(seed_list), "seeds": _seed_text(seed_list), "num_repeats": repeats,
