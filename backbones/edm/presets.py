@@ -33,11 +33,13 @@ FULL: dict[str, Any] = {
 #: digits at their native 8 px; 2 levels (EDM's flat channel_mult [2, 2]: 64 wide at both), 1 residual block per
 #: level, attention at 4 px, no dropout; decoders 1.5 / 1 / 0.125 x the encoder (the smallest 8 channels wide);
 #: GroupNorm 8 groups so that every width, skip concatenations included (8 + 64 = 72), splits evenly.
-#: One recipe for every tiny cell; EMA half-life with EDM's ramp-up (0.05 x images seen caps it).
+#: One recipe for every tiny cell; EMA half-life with EDM's ramp-up (0.05 x images seen caps it). The official stage
+#: policy stays: mixed batches with EDM's own stage masses (per_sample, stage_weights density) scored FD-digits 89 +- 12
+#: against native's 92 for multistage at 800 iterations (within the error), and mixed batches are slower (issue 10).
 TINY_TRAIN: dict[str, Any] = {
     "steps": 800, "batch_size": 64, "optimizer": "adam", "lr": 2e-3, "warmup_steps": 50, "grad_clip": None,
     "ema_decay": None, "ema_halflife_kimg": 5.0, "stage_policy": "native", "augment_p": 0.0,
-    "checkpoint_every": 200, "keep_checkpoints": 2, "log_every": 50, "heldout_size": 128, "heldout_every": 40}
+    "checkpoint_every": 200, "keep_checkpoints": 1, "log_every": 50, "heldout_size": 128, "heldout_every": 40}
 
 TINY: dict[str, Any] = {
     "schedule": SCHEDULE,
@@ -56,7 +58,7 @@ SMOKE: dict[str, Any] = {
     "model": {"encoder_channels": 16, "decoder_channels": [24, 16, 8],
               "params": {**NETWORK, "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [4]}},
     "train": {**TINY["train"], "steps": 20, "batch_size": 16, "warmup_steps": 0, "checkpoint_every": 10,
-              "log_every": 5, "heldout_size": 32, "heldout_every": None},
+              "keep_checkpoints": 2, "log_every": 5, "heldout_size": 32, "heldout_every": None},
     "sample": {"sampler": "heun", "params": {**SAMPLER, "steps": 6}, "num": 16, "batch_size": 16},
     "eval": {"metrics": ["fd_digits"], "num_samples": 64},
 }
