@@ -11,8 +11,8 @@ per-image ratios of the two. (GroupNorm 8 groups in both: the old multistage wid
 skip concatenation, do not split into the 16 groups today's layer check asks for.)
 
 Both models are trained with the engine's own step (:meth:`msrepro.training.loop.Trainer.train_step`: forward,
-backward, gradient clipping, Adam, EMA) under the configured stage policy (``train.stage_policy``, dpm_solver:
-``stage_uniform``), taking turns step by step so a change in machine load hits both alike; images/s is from the
+backward, gradient clipping, Adam, EMA) under the configured stage policy (``train.stage_policy``; dpm_solver tiny:
+``per_sample``, full: ``stage_uniform``), taking turns step by step so a change in machine load hits both alike; images/s is from the
 median step time. A multistage step runs one stage's decoder (one stage per batch) or all decoders on sub-batches
 (``per_sample``), so its cost depends on which stage the batch drew: the median is over the stage mix.
 """

@@ -27,6 +27,7 @@ from msrepro.precond import Preconditioning
 from msrepro.schedules import NoiseSchedule
 
 GRID_MAX = 64
+GRID_MIN_SIDE = 32  # pixels: smaller images are enlarged in a grid (save_grid)
 
 
 # -- seeds and per-seed noise --------------------------------------------------------------------------------
@@ -170,10 +171,15 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
     return atomic_write(path, lambda f: f.write(data), mode="wb")
 
 
-def save_grid(images: torch.Tensor | np.ndarray, path: str | Path, nrow: int | None = None) -> Path:
-    """A PNG grid of the first 64 images ([B, C, H, W] in [-1, 1], or uint8 [B, H, W, C]); ``nrow`` per row."""
+def save_grid(images: torch.Tensor | np.ndarray, path: str | Path, nrow: int | None = None,
+              scale: int | None = None) -> Path:
+    """A PNG grid of the first 64 images ([B, C, H, W] in [-1, 1], or uint8 [B, H, W, C]); ``nrow`` per row.
+    ``scale``: each image enlarged by this integer factor, nearest neighbour (default: the smallest factor that
+    shows it at least ``GRID_MIN_SIDE`` pixels wide, e.g. 4 for the 8 px digits; 1 from 32 px up)."""
     arr = to_uint8(images) if isinstance(images, torch.Tensor) else np.asarray(images)
     arr = arr[:GRID_MAX]
+    scale = scale or max(1, math.ceil(GRID_MIN_SIDE / max(arr.shape[1:3])))
+    arr = arr.repeat(scale, axis=1).repeat(scale, axis=2)
     n, h, w, c = arr.shape
     nrow = nrow or math.ceil(math.sqrt(n))
     rows, pad = math.ceil(n / nrow), 2

@@ -71,11 +71,15 @@ def test_writers_and_grid(tmp_path):
     npz.write([9], images[2:3])
     with np.load(npz.close()) as f:
         assert f["seeds"].tolist() == [3, 4, 9] and np.array_equal(f["images"], u8[:3])
-    grid = np.asarray(Image.open(save_grid(images, tmp_path / "grid.png", nrow=8)))
+    grid = np.asarray(Image.open(save_grid(images, tmp_path / "grid.png", nrow=8, scale=1)))
     assert grid.shape == (2 + 8 * 6, 2 + 8 * 7, 3)  # first 64 only, 8 x 8, 2 px padding
     assert np.array_equal(grid[2 + 6:2 + 6 + 4, 2:2 + 5], u8[8])  # row 1, column 0 holds image 8
-    gray = np.asarray(Image.open(save_grid(images[:5, :1], tmp_path / "g1.png")))
+    gray = np.asarray(Image.open(save_grid(images[:5, :1], tmp_path / "g1.png", scale=1)))
     assert gray.shape == (2 + 2 * 6, 2 + 3 * 7)  # 1 channel stays grey, ceil(sqrt(5)) = 3 per row
+    big = np.asarray(Image.open(save_grid(images[:4], tmp_path / "g2.png")))  # 4 x 5 px: 7x (ceil(32 / 5))
+    assert big.shape == (2 + 2 * (28 + 2), 2 + 2 * (35 + 2), 3)
+    block = big[2 + 30:2 + 30 + 28, 2:2 + 35]  # row 1, column 0: image 2, each pixel a 7 x 7 block
+    assert np.array_equal(block, np.kron(u8[2], np.ones((7, 7, 1), dtype=np.uint8)))
 
 
 def test_sample_command_end_to_end(tmp_path, capsys, model):
@@ -94,7 +98,7 @@ def test_sample_command_end_to_end(tmp_path, capsys, model):
     direct = torch.cat(list(generate(model, {"params": {"nfe": 10}, "batch_size": 5}, SHAPE, "0-4", "cpu", False)))
     written = np.stack([np.asarray(Image.open(out / f)) for f in files])
     assert np.abs(written.astype(int) - to_uint8(direct)[..., 0].astype(int)).max() <= 1
-    assert np.asarray(Image.open(out / "grid.png")).shape == (2 + 2 * 10, 2 + 3 * 10)
+    assert np.asarray(Image.open(out / "grid.png")).shape == (2 + 2 * 34, 2 + 3 * 34)  # 8 px shown 4x: 32 px
 
     npz_dir = tmp_path / "npz"
     assert main(["sample", str(ckpt), "--seeds", "3-4,9", "--format", "npz", "--out", str(npz_dir),
