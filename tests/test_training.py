@@ -121,6 +121,72 @@ def test_stopped_stage_is_frozen_and_never_drawn(tmp_path):
     assert tr.stage_counts[0] > 0 and tr.stage_counts[2] > 0
 
 
+def test_stopped_stage_keeps_its_ema(tmp_path):
+    # a frozen stage's raw weights stop moving; its EMA must stop too, not drift towards the last raw weights
+    from msrepro.training.loop import Trainer, prepare_run_dir
+    from msrepro.training.distributed import DistInfo
+
+    cfg = cfg_for(tmp_path, "es_ema", "model.variant=separate", "train.early_stopping.patience=2", "train.steps=4")
+    prepare_run_dir(cfg, DistInfo())
+    tr = Trainer(cfg, DistInfo())
+    stage = lambda m, k: [*m.net.encoders[k].parameters(), *m.net.decoders[k].parameters()]  # noqa: E731
+    tr.train_step(0)  # the EMA of every stage has moved off the initial weights once
+    tr.es.stopped[1] = 1
+    kept, moving = [p.clone() for p in stage(tr.ema.module, 1)], [p.clone() for p in stage(tr.ema.module, 0)]
+    for step in range(1, 4):
+        tr.train_step(step)
+    assert all(torch.equal(a, b) for a, b in zip(kept, stage(tr.ema.module, 1)))
+    assert not all(torch.equal(a, b) for a, b in zip(moving, stage(tr.ema.module, 0)))
+
+
+def test_ema_update_leaves_frozen_positions():
+    from msrepro.training.ema import EMA
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    ema = EMA(net)
+    before = [p.clone() for p in ema.module.parameters()]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    ema.update(net, 0.75, frozen={0, 3})
+    for i, (e, b, p) in enumerate(zip(ema.module.parameters(), before, net.parameters())):
+        assert torch.allclose(e, b if i in (0, 3) else 0.75 * b + 0.25 * p)
+
+
+@pytest.mark.parametrize("monitor", ["ema", "raw"])
+def test_early_stopping_watches_the_monitored_weights(tmp_path, monitor):
+    from msrepro.training.heldout import heldout_losses
+    from msrepro.training.loop import Trainer, prepare_run_dir
+    from msrepro.training.distributed import DistInfo
+
+    cfg = cfg_for(tmp_path, f"es_{monitor}", "model.variant=separate", "train.early_stopping.patience=9",
+                  f"train.early_stopping.monitor={monitor}", "train.steps=4")
+    prepare_run_dir(cfg, DistInfo())
+    tr = Trainer(cfg, DistInfo())
+    for step in range(3):
+        tr.train_step(step)
+    tr.step = 3
+    rec = tr.evaluate()
+    watched = tr.ema.module if monitor == "ema" else tr.model
+    expect = heldout_losses(watched, tr.heldout, 64, tr.device)  # a second computation, all keys
+    assert tr.es.best == pytest.approx([expect[f"stage{k}"] for k in range(3)], rel=1e-6)
+    other = heldout_losses(tr.model if monitor == "ema" else tr.ema.module, tr.heldout, 64, tr.device)
+    assert tr.es.best != pytest.approx([other[f"stage{k}"] for k in range(3)], rel=1e-6)
+    assert ("heldout_loss_ema_stage" in rec) == (monitor == "ema")
+
+
+def test_early_stopping_monitor_is_checked(tmp_path):
+    from msrepro.training.builders import check_train_options
+
+    with pytest.raises(ConfigError, match="'best' is not one of ema, raw"):
+        check_train_options(cfg_for(tmp_path, "x", "model.variant=separate", "train.early_stopping.monitor=best"))
+    with pytest.raises(ConfigError, match="monitor=ema watches the EMA weights"):
+        check_train_options(cfg_for(tmp_path, "x", "model.variant=separate", "train.early_stopping.patience=2",
+                                    "train.ema_decay=null"))
+    check_train_options(cfg_for(tmp_path, "x", "model.variant=separate", "train.early_stopping.patience=2",
+                                "train.early_stopping.monitor=raw", "train.ema_decay=null"))
+
+
 def test_early_stopping_rule():
     es = EarlyStopping(2, patience=2, min_delta=0.01)
     assert es.update([1.0, 1.0], 10) == []

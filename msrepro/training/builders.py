@@ -70,6 +70,11 @@ def noise_setup(cfg: DictConfig, model: Preconditioning) -> tuple[NoiseDensity, 
     return density, build_policy(cfg.train.stage_policy, cfg.train.params, density, model.boundaries)
 
 
+def has_ema(cfg: DictConfig) -> bool:
+    """Whether training keeps an EMA of the weights (``train.ema_decay`` or EDM's ``train.ema_halflife_kimg``)."""
+    return cfg.train.ema_decay is not None or bool(cfg.train.ema_halflife_kimg)
+
+
 def check_train_options(cfg: DictConfig) -> None:
     """``train.loss`` (density and options), ``train.stage_policy`` + ``train.params``, ``train.early_stopping``:
     checked without reading any file (stage boundaries may come from a clusterer result that does not exist yet)."""
@@ -79,7 +84,7 @@ def check_train_options(cfg: DictConfig) -> None:
     density = build_density(cfg.train.loss, sched, get_backbone(cfg.model.backbone).default_density(sched))
     build_policy(cfg.train.stage_policy, cfg.train.params, density, None)
     k = 1 if cfg.model.variant == "unified" else cfg.stages.num_stages
-    build_early_stopping(cfg.train.early_stopping, k, cfg.model.variant)
+    build_early_stopping(cfg.train.early_stopping, k, cfg.model.variant, has_ema(cfg))
     if cfg.train.ema_decay is not None and not 0 <= cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {cfg.train.ema_decay}")
     check_warm_start(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 
 import torch
 from torch import nn
@@ -31,9 +32,13 @@ class EMA:
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module, beta: float) -> None:
-        """One multi-tensor lerp over all parameters (one kernel launch per dtype/device, not per tensor)."""
+    def update(self, model: nn.Module, beta: float, frozen: Collection[int] = ()) -> None:
+        """One multi-tensor lerp over all parameters (one kernel launch per dtype/device, not per tensor), except
+        the parameters at the positions in ``frozen`` (those of early-stopped stages), which keep their average."""
         ema, params = list(self.module.parameters()), [p.detach() for p in model.parameters()]
+        if frozen:
+            keep = [i for i in range(len(ema)) if i not in frozen]
+            ema, params = [ema[i] for i in keep], [params[i] for i in keep]
         if ema:
             torch._foreach_lerp_(ema, params, 1.0 - beta)
         for e, b in zip(self.module.buffers(), model.buffers()):

@@ -22,7 +22,7 @@ from msrepro.config import ConfigError, merge, resolve_config, schema, to_dict, 
 from msrepro.io import append_jsonl, atomic_write_text, code_version
 from msrepro.losses import denoising_loss
 from msrepro.training.augment import augment
-from msrepro.training.builders import (build_early_stopping, build_model, build_optimizer, check_training,
+from msrepro.training.builders import (build_early_stopping, build_model, build_optimizer, check_training, has_ema,
                                        heldout_images, learning_rate, noise_setup, pick_device, seed_for)
 from msrepro.training.distributed import (DistInfo, any_rank, average_gradients, barrier, init_distributed,
                                           mean_over_ranks)
@@ -84,12 +84,12 @@ class Trainer:
         self.run_dir = run_dir_of(cfg)
         self.model = build_model(cfg, self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.ema = EMA(self.model) if cfg.train.ema_decay is not None or cfg.train.ema_halflife_kimg else None
+        self.ema = EMA(self.model) if has_ema(cfg) else None
         self.opt = build_optimizer(cfg, self.params)
         self.density, self.policy = noise_setup(cfg, self.model)
         self.policy.world_size = info.world_size
         self.num_stages = self.policy.num_stages
-        self.es = build_early_stopping(cfg.train.early_stopping, self.num_stages, cfg.model.variant)
+        self.es = build_early_stopping(cfg.train.early_stopping, self.num_stages, cfg.model.variant, has_ema(cfg))
         self.dataset = self._dataset()
         self.heldout = heldout_set(heldout_images(cfg), self.policy, seed_for(cfg.seed, "heldout"))
         self.step, self.wall_s, self.images = 0, 0.0, 0
@@ -156,7 +156,19 @@ class Trainer:
 
     def update_ema(self, step: int) -> None:
         if self.ema is not None:
-            self.ema.update(self.model, self.ema_beta(step))
+            self.ema.update(self.model, self.ema_beta(step), self.stopped_parameters())
+
+    def stopped_parameters(self) -> frozenset[int]:
+        """Positions in ``model.parameters()`` of the networks of early-stopped stages (separate variants only:
+        a stage owns its encoder and decoder there), whose EMA is frozen with them."""
+        if self.es is None or self.es.active() == list(range(self.num_stages)):
+            return frozenset()
+        net = getattr(self.model, "net", None)
+        if not hasattr(net, "stage_modules") or net.shared_encoder:
+            return frozenset()
+        ids = {id(p) for k, s in enumerate(self.es.stopped) if s is not None
+               for m in net.stage_modules(k) for p in m.parameters()}
+        return frozenset(i for i, p in enumerate(self.model.parameters()) if id(p) in ids)
 
     # -- held-out loss, early stopping, metrics ----------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
@@ -166,10 +178,17 @@ class Trainer:
         rec: dict[str, Any] = {"kind": "heldout", "step": self.step, "heldout_loss": raw["all"],
                                "heldout_loss_stage": [raw[f"stage{k}"] for k in range(self.num_stages)]
                                if self.num_stages > 1 else [raw["all"]]}
+        watch_ema = self.es is not None and self.es.monitor == "ema"
         if self.ema is not None:
-            rec["heldout_loss_ema"] = heldout_losses(self.ema.module, self.heldout, bs, dev, ("all",))["all"]
+            ema = mean_over_ranks(heldout_losses(self.ema.module, self.heldout, bs, dev,
+                                                 None if watch_ema else ("all",)), self.info, dev)
+            rec["heldout_loss_ema"] = ema["all"]
+            if watch_ema:
+                rec["heldout_loss_ema_stage"] = [ema[f"stage{k}"] for k in range(self.num_stages)] \
+                    if self.num_stages > 1 else [ema["all"]]
         if self.es is not None:
-            for k in self.es.update(rec["heldout_loss_stage"], self.step):
+            watched = rec["heldout_loss_ema_stage"] if watch_ema else rec["heldout_loss_stage"]
+            for k in self.es.update(watched, self.step):
                 log.info("early stopping: stage %d stops at step %d (best held-out loss %.5f)", k, self.step,
                          self.es.best[k])
             rec["early_stopping"] = self.es.state_dict()
