@@ -32,6 +32,15 @@ def test_without_cuda_exits_nonzero_with_message(tmp_path):
     assert not out.exists()
 
 
+def test_python_without_torch_is_named(tmp_path):
+    fake = tmp_path / "python"  # a python that cannot import torch
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    proc = subprocess.run(["bash", str(SCRIPT), "--cpu-dry-run"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": str(fake)}, timeout=60)
+    assert proc.returncode == 2 and f"{fake} cannot import torch" in proc.stderr
+
+
 def test_cpu_dry_run_end_to_end(tmp_path):
     out = tmp_path / "gpu.txt"
     proc = run("--cpu-dry-run", "--out", str(out))

@@ -171,21 +171,23 @@ class Trainer:
         return frozenset(i for i, p in enumerate(self.model.parameters()) if id(p) in ids)
 
     # -- held-out loss, early stopping, metrics ----------------------------------------------------------
+    def per_stage(self, losses: dict[str, float]) -> list[float]:
+        """The per-stage entries of a :func:`heldout_losses` result (one stage: the ``all`` entry)."""
+        return [losses[f"stage{k}"] for k in range(self.num_stages)] if self.num_stages > 1 else [losses["all"]]
+
     def evaluate(self) -> dict[str, Any]:
         """Held-out losses of the raw (and EMA) weights; feeds early stopping; appended to metrics.jsonl."""
         bs, dev = max(64, self.cfg.train.batch_size), self.device
         raw = mean_over_ranks(heldout_losses(self.model, self.heldout, bs, dev), self.info, dev)
         rec: dict[str, Any] = {"kind": "heldout", "step": self.step, "heldout_loss": raw["all"],
-                               "heldout_loss_stage": [raw[f"stage{k}"] for k in range(self.num_stages)]
-                               if self.num_stages > 1 else [raw["all"]]}
+                               "heldout_loss_stage": self.per_stage(raw)}
         watch_ema = self.es is not None and self.es.monitor == "ema"
         if self.ema is not None:
             ema = mean_over_ranks(heldout_losses(self.ema.module, self.heldout, bs, dev,
                                                  None if watch_ema else ("all",)), self.info, dev)
             rec["heldout_loss_ema"] = ema["all"]
             if watch_ema:
-                rec["heldout_loss_ema_stage"] = [ema[f"stage{k}"] for k in range(self.num_stages)] \
-                    if self.num_stages > 1 else [ema["all"]]
+                rec["heldout_loss_ema_stage"] = self.per_stage(ema)
         if self.es is not None:
             watched = rec["heldout_loss_ema_stage"] if watch_ema else rec["heldout_loss_stage"]
             for k in self.es.update(watched, self.step):
