@@ -78,6 +78,7 @@ class TrainConfig:
     scale_lr: bool = False            # latent-diffusion's flag: effective lr = lr x batch_size (SPEC 4)
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    lr_decay: str = "constant"        # constant (score_sde, EDM, LDM) or cosine (to 0 at train.steps; beyond the paper)
     grad_clip: Optional[float] = 1.0
     ema_decay: Optional[float] = 0.9999   # score_sde-style EMA (with ramp); null to use ema_halflife_kimg
     ema_halflife_kimg: Optional[float] = None  # EDM-style EMA half-life in thousands of images

@@ -335,3 +335,25 @@ def test_early_stopped_steps_are_reported_per_stage(tmp_path):
                           "train.early_stopping.patience=100"), progress=False)
     assert never.step == 6 and never.metrics["early_stopped"] == {"0": None, "1": None, "2": None}
     assert "early_stopped" not in train(cfg_for(tmp_path, "no_es", "train.steps=2"), progress=False).metrics
+
+
+def test_learning_rate_cosine_decay_closed_form(tmp_path: Path):
+    """``train.lr_decay=cosine``: the warm-up ramp, then lr x (1 + cos(pi s)) / 2 with s the post-warm-up fraction of
+    ``train.steps`` (0 at the last step); ``constant`` keeps the plain ramp."""
+    import math
+
+    from msrepro.training.builders import learning_rate
+
+    cfg = load_config([], [f"output_dir={tmp_path}", "name=lr", "model.preset=smoke", "train.steps=10",
+                           "train.warmup_steps=2", "train.lr=1e-3", "train.lr_decay=cosine"])
+    want = [1e-3 * min(1.0, (s + 1) / 2) * 0.5 * (1 + math.cos(math.pi * max(0, s - 1) / 8)) for s in range(10)]
+    got = [learning_rate(cfg, s) for s in range(10)]
+    assert got == pytest.approx(want, rel=1e-12)
+    assert got[-1] == pytest.approx(0.0, abs=1e-15) and got[1] == pytest.approx(1e-3)
+    cfg.train.lr_decay = "constant"
+    assert [learning_rate(cfg, s) for s in range(10)] == pytest.approx([5e-4] + [1e-3] * 9)
+
+
+def test_learning_rate_decay_unknown_name_lists_valid(tmp_path: Path):
+    with pytest.raises(ConfigError, match="train.lr_decay.*constant, cosine"):  # rejected when the config loads
+        load_config([], [f"output_dir={tmp_path}", "name=lr", "model.preset=smoke", "train.lr_decay=linear"])

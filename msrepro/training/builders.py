@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +58,20 @@ def effective_lr(cfg: DictConfig) -> float:
     return float(cfg.train.lr) * (int(cfg.train.batch_size) if cfg.train.scale_lr else 1)
 
 
+LR_DECAYS = ("constant", "cosine")
+
+
 def learning_rate(cfg: DictConfig, step: int) -> float:
-    """Linear warm-up over ``warmup_steps`` (score_sde / EDM ramp-up), then constant at ``effective_lr``."""
-    warm = cfg.train.warmup_steps
-    return effective_lr(cfg) * (min(1.0, (step + 1) / warm) if warm else 1.0)
+    """Linear warm-up over ``warmup_steps`` (score_sde / EDM ramp-up), then ``effective_lr``: constant (the paper's
+    codes), or with ``train.lr_decay=cosine`` times ``(1 + cos(pi s))/2``, s the post-warm-up fraction of
+    ``train.steps`` done (0 at the end of warm-up, 1 at the last step), so a run of any length anneals to 0."""
+    t = cfg.train
+    warm = t.warmup_steps
+    ramp = min(1.0, (step + 1) / warm) if warm else 1.0
+    if t.get("lr_decay", "constant") == "constant":
+        return effective_lr(cfg) * ramp
+    s = min(1.0, max(0, step + 1 - warm) / max(1, int(t.steps) - warm))
+    return effective_lr(cfg) * ramp * 0.5 * (1.0 + math.cos(math.pi * s))
 
 
 def noise_setup(cfg: DictConfig, model: Preconditioning) -> tuple[NoiseDensity, StagePolicy]:
@@ -85,6 +96,8 @@ def check_train_options(cfg: DictConfig) -> None:
     build_policy(cfg.train.stage_policy, cfg.train.params, density, None)
     k = 1 if cfg.model.variant == "unified" else cfg.stages.num_stages
     build_early_stopping(cfg.train.early_stopping, k, cfg.model.variant, has_ema(cfg))
+    if cfg.train.get("lr_decay", "constant") not in LR_DECAYS:
+        raise ConfigError(f"train.lr_decay: '{cfg.train.lr_decay}' is not valid; allowed: {', '.join(LR_DECAYS)}")
     if cfg.train.ema_decay is not None and not 0 <= cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {cfg.train.ema_decay}")
     check_warm_start(cfg)
