@@ -1,52 +1,99 @@
-"""(After bench/multistage_swap_train.py) Swap test: FD-digits of unified, multistage, and hybrids (multistage decoder k only in its stage, unified elsewhere);
-per-band held-out loss of both on the same bands; which decoder serves each sampler step."""
-import torch, json
-torch.set_num_threads(2)
-from msrepro.checkpoint import load_model
-from msrepro.training.state import latest_checkpoint
-from msrepro.training.builders import heldout_images, noise_setup
-from msrepro.training.heldout import heldout_set, heldout_losses
-from msrepro.generation import generate
-from msrepro.evaluation.scoring import plan, compute, image_dataset
-from msrepro.evaluation.metrics import build_metrics, parse_params
-from msrepro.evaluation.reference import refstats
+"""Decoder swap test (issue 10, part 6): which stage's decoder makes a multistage model worse than its unified one.
+
+    python bench/multistage_swap.py UNIFIED_RUN MULTISTAGE_RUN [--blocks 2] [--threads 1]
+
+Both run directories are ``msrepro train`` outputs of the same backbone and dataset (e.g. ``bench/multistage_swap_train.py``
+or two ``msrepro train`` calls with ``model.variant=unified`` / ``multistage``); their latest checkpoints are loaded
+(EMA weights). Prints the held-out denoising loss of both on the multistage model's stage bands (same images, noise
+and sigmas), which decoder serves each sampler step, and FD-digits of: the unified model, the multistage model, and
+three hybrids ``hyb<k>`` = the multistage model inside stage k's band, the unified model elsewhere. The hybrids run
+the same sampler on the same seeds, so the difference ``hyb<k> - unified`` is a paired comparison within a seed
+block: a positive difference names a decoder that is worse than the unified network in its own band.
+"""
+
+from __future__ import annotations
+
+import argparse
 from pathlib import Path
-R = Path("/tmp/r10/runs")
-uni, ucfg = load_model(latest_checkpoint(R / "dpm_unified"))
-ms, mcfg = load_model(latest_checkpoint(R / "dpm_multistage"))
-dens, pol = noise_setup(mcfg, ms)
-hs = heldout_set(heldout_images(mcfg), pol, 1234)
-print("bands (sigma):", ms.boundaries.sigma_intervals())
-from msrepro.training.heldout import HeldoutSet
-hu = HeldoutSet(hs.x0, hs.noise, hs.sigma, {k: None for k in hs.sigma})
-print("unified    per band:", heldout_losses(uni, hu, 256, torch.device("cpu")))
-print("multistage per band:", heldout_losses(ms, hs, 256, torch.device("cpu")))
+
+import torch
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("unified", type=Path, help="run directory of the unified model")
+    p.add_argument("multistage", type=Path, help="run directory of the multistage model")
+    p.add_argument("--blocks", type=int, default=2, help="disjoint seed blocks of eval.num_samples samples")
+    p.add_argument("--threads", type=int, default=1)
+    return p.parse_args(argv)
+
+
 class Hybrid(torch.nn.Module):
-    def __init__(self, k): super().__init__(); self.k = k; self.schedule = ms.schedule
-    num_stages = 3
-    def stage_of(self, s): return ms.stage_of(s)
-    def forward(self, x, sigma):
-        st = ms.stage_of(sigma)
-        return torch.where((st == self.k).view(-1, 1, 1, 1), ms(x, sigma), uni(x, sigma))
-params = parse_params(ucfg.eval.params); chosen = build_metrics(["fd_digits"])
-groups = plan(chosen, image_dataset(ucfg), params)
-refs = [refstats(image_dataset(ucfg), ext, params=params, device="cpu") for ext, _ in groups]
-class DS(torch.utils.data.Dataset):
-    def __init__(self, imgs): self.imgs = imgs
-    def __len__(self): return len(self.imgs)
-    def __getitem__(self, i): return self.imgs[i]
-steps = []
-def fd(den, name, seeds=range(297)):
-    gen = generate(den, ucfg.sample, (1, 8, 8), list(seeds), "cpu", progress=False)
-    imgs = torch.cat([b.images for b in gen.batches()])
-    u8 = ((imgs * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8))
-    v = compute(DS(u8), chosen, groups, refs, params=params, num=len(u8))
-    print(name, v, "nfe/stage", gen.nfe_per_stage, flush=True)
-    return v
-from msrepro.samplers import build_sampler
-smp = build_sampler("dpm_solver", dict(ucfg.sample.params))
-log = []
-smp(ms, torch.randn(4, 1, 8, 8), ms.schedule, callback=lambda d: log.append((round(d["sigma"], 4), d["stage"], ms.last_stages.tolist())))
-print("multistage steps (sigma, stage, last_stages):", log)
-for name, den in [("unified", uni), ("multistage", ms), ("hyb0", Hybrid(0)), ("hyb1", Hybrid(1)), ("hyb2", Hybrid(2))]:
-    fd(den, name)
+    """The multistage denoiser on the samples whose sigma falls in stage ``k``, the unified one on the others."""
+
+    def __init__(self, unified: torch.nn.Module, multistage: torch.nn.Module, k: int) -> None:
+        super().__init__()
+        self.unified, self.multistage, self.k = unified, multistage, k
+        self.schedule, self.num_stages = multistage.schedule, multistage.num_stages
+
+    def stage_of(self, sigma: torch.Tensor) -> torch.Tensor:
+        return self.multistage.stage_of(sigma)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, **kw) -> torch.Tensor:
+        mine = (self.multistage.stage_of(sigma) == self.k).view(-1, *([1] * (x.dim() - 1)))
+        return torch.where(mine, self.multistage(x, sigma, **kw), self.unified(x, sigma, **kw))
+
+
+def main(argv=None) -> None:
+    from msrepro.checkpoint import load_model
+    from msrepro.evaluation.metrics import build_metrics, parse_params
+    from msrepro.evaluation.reference import UInt8Images, refstats
+    from msrepro.evaluation.scoring import compute, image_dataset, plan
+    from msrepro.generation import generate
+    from msrepro.models import data_shape
+    from msrepro.samplers import build_sampler
+    from msrepro.training.builders import heldout_images, noise_setup
+    from msrepro.training.heldout import HeldoutSet, heldout_losses, heldout_set
+    from msrepro.training.state import latest_checkpoint
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    uni, ucfg = load_model(latest_checkpoint(args.unified))
+    ms, mcfg = load_model(latest_checkpoint(args.multistage))
+    print(f"unified {latest_checkpoint(args.unified)}\nmultistage {latest_checkpoint(args.multistage)}")
+    print("stage bands (sigma):", [tuple(round(v, 4) for v in b) for b in ms.boundaries.sigma_intervals()])
+
+    _, policy = noise_setup(mcfg, ms)
+    held = heldout_set(heldout_images(mcfg), policy, 1234)
+    as_unified = HeldoutSet(held.x0, held.noise, held.sigma, {k: None for k in held.sigma})
+    print("held-out loss per band, unified:   ", heldout_losses(uni, as_unified, 256, torch.device("cpu")))
+    print("held-out loss per band, multistage:", heldout_losses(ms, held, 256, torch.device("cpu")))
+
+    log: list[tuple[float, int]] = []
+    build_sampler(mcfg.sample.sampler, dict(mcfg.sample.params))(
+        ms, torch.randn(4, *data_shape(mcfg)[:1], *[data_shape(mcfg)[1]] * 2), ms.schedule,
+        callback=lambda d: log.append((round(float(d["sigma"]), 4), int(d["stage"]))))
+    print("sampler steps (sigma, stage served):", log)
+
+    params, chosen = parse_params(ucfg.eval.params), build_metrics(["fd_digits"])
+    groups = plan(chosen, image_dataset(ucfg), params)
+    refs = [refstats(image_dataset(ucfg), ext, params=params, device="cpu") for ext, _ in groups]
+    channels, res = data_shape(ucfg)
+    n = int(ucfg.eval.num_samples)
+    models = {"unified": uni, "multistage": ms, **{f"hyb{k}": Hybrid(uni, ms, k) for k in range(ms.num_stages)}}
+    rows: dict[str, list[float]] = {name: [] for name in models}
+    for b in range(args.blocks):
+        for name, den in models.items():
+            gen = generate(den, ucfg.sample, (channels, res, res), list(range(b * n, (b + 1) * n)), "cpu",
+                           progress=False)
+            images = torch.cat([batch.images for batch in gen.batches()])
+            u8 = (images * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
+            rows[name].append(compute(UInt8Images(u8), chosen, groups, refs, params=params)["fd_digits"])
+    print(f"\nFD-digits, {n} samples per block (seeds {0}-{args.blocks * n - 1}); paired difference to unified")
+    for name, vals in rows.items():
+        diff = "" if name == "unified" else "  diff " + " | ".join(f"{v - u:+7.1f}" for v, u in zip(vals, rows["unified"]))
+        print(f"  {name:<11}" + " | ".join(f"{v:7.1f}" for v in vals) + diff)
+
+
+if __name__ == "__main__":
+    main()

@@ -116,3 +116,35 @@ def test_groups_larger_than_the_max_array_size_are_split():
     later = plan_groups(graph, set(graph.steps) - {cell.cluster}, states)
     train = next(g for g in later if any(s.id == cell.train for s in g.steps))
     assert train.deps == ("77_1",)
+
+
+def test_local_worker_takes_ready_steps_by_kind_then_topological_order(tmp_path, monkeypatch):
+    """Two trainings ready at once with an evaluation of the first: the worker runs the second training before the
+    evaluation (WORKER_PRIORITY), and a cluster step that waits on a training runs as soon as it is ready."""
+    import json
+
+    from msrepro.launch import execution
+    from msrepro.launch.run_folder import CLAIM, DONE, SPEC, step_dir
+
+    steps = [("train-a", "train", []), ("evaluate-a", "evaluate", ["train-a"]), ("train-b", "train", []),
+             ("cluster-c", "cluster", ["train-a"]), ("train-c", "train", ["cluster-c"]),
+             ("evaluate-b", "evaluate", ["train-b"]), ("evaluate-c", "evaluate", ["train-c"])]
+    for sid, kind, deps in steps:
+        d = step_dir(tmp_path, sid)
+        d.mkdir(parents=True)
+        (d / SPEC).write_text(json.dumps({"id": sid, "kind": kind, "deps": deps}))
+    ran: list[str] = []
+
+    def fake_run(run_dir, sid):
+        ran.append(sid)
+        (step_dir(run_dir, sid) / DONE).write_text("{}")
+
+    def fake_claim(self, run_dir, sid):
+        (step_dir(run_dir, sid) / CLAIM).write_text("")
+        return True
+
+    monkeypatch.setattr(execution, "run_step", fake_run)
+    monkeypatch.setattr(execution.StepWorker, "_claim", fake_claim)
+    worker = execution.StepWorker(str(tmp_path), [s for s, _, _ in steps], "local", threads=0)
+    assert worker() == len(steps)
+    assert ran == ["train-a", "cluster-c", "train-b", "train-c", "evaluate-a", "evaluate-b", "evaluate-c"]
