@@ -60,6 +60,10 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     uni, ucfg = load_model(latest_checkpoint(args.unified))
     ms, mcfg = load_model(latest_checkpoint(args.multistage))
+    if mcfg.dataset.name == "latents":  # a Hybrid is no Preconditioning: generate() would not decode its latents
+        raise SystemExit("bench/multistage_swap.py: pixel-space models only (dpm_solver, edm); this run trains on "
+                         "latents (ldm)")
+    channels, res = data_shape(mcfg)
     print(f"unified {latest_checkpoint(args.unified)}\nmultistage {latest_checkpoint(args.multistage)}")
     print("stage bands (sigma):", [tuple(round(v, 4) for v in b) for b in ms.boundaries.sigma_intervals()])
 
@@ -71,14 +75,13 @@ def main(argv=None) -> None:
 
     log: list[tuple[float, int]] = []
     build_sampler(mcfg.sample.sampler, dict(mcfg.sample.params))(
-        ms, torch.randn(4, *data_shape(mcfg)[:1], *[data_shape(mcfg)[1]] * 2), ms.schedule,
+        ms, torch.randn(4, channels, res, res), ms.schedule,
         callback=lambda d: log.append((round(float(d["sigma"]), 4), int(d["stage"]))))
     print("sampler steps (sigma, stage served):", log)
 
     params, chosen = parse_params(ucfg.eval.params), build_metrics(["fd_digits"])
     groups = plan(chosen, image_dataset(ucfg), params)
     refs = [refstats(image_dataset(ucfg), ext, params=params, device="cpu") for ext, _ in groups]
-    channels, res = data_shape(ucfg)
     n = int(ucfg.eval.num_samples)
     models = {"unified": uni, "multistage": ms, **{f"hyb{k}": Hybrid(uni, ms, k) for k in range(ms.num_stages)}}
     rows: dict[str, list[float]] = {name: [] for name in models}
@@ -89,7 +92,7 @@ def main(argv=None) -> None:
             images = torch.cat([batch.images for batch in gen.batches()])
             u8 = (images * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
             rows[name].append(compute(UInt8Images(u8), chosen, groups, refs, params=params)["fd_digits"])
-    print(f"\nFD-digits, {n} samples per block (seeds {0}-{args.blocks * n - 1}); paired difference to unified")
+    print(f"\nFD-digits, {n} samples per block (seeds 0-{args.blocks * n - 1}); paired difference to unified")
     for name, vals in rows.items():
         diff = "" if name == "unified" else "  diff " + " | ".join(f"{v - u:+7.1f}" for v, u in zip(vals, rows["unified"]))
         print(f"  {name:<11}" + " | ".join(f"{v:7.1f}" for v in vals) + diff)
